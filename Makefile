@@ -1,0 +1,41 @@
+# atp — every target creates and reuses the local virtual environment (.venv) on first use.
+#
+# Why torch is installed first and pinned: segmentation-models-pytorch and timm import torchvision,
+# and the CPU-only torch wheel that PyPI/the local mirror offer first has no torchvision that imports
+# beside it. torch 2.14.1 + torchvision 0.29.1 (CUDA builds, which also run on a CPU) is a pair that
+# works; installing them before the package keeps pip from picking the mismatched pair. Never pin above
+# these versions (this machine's pip constraint caps them there).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.atp-installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test test-fast demo lint bench clean-outputs
+
+install: $(STAMP)
+
+# Re-running any target on an existing .venv reinstalls nothing: the stamp is newer than pyproject.toml.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	$(PY) -m atp.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+
+bench: $(STAMP)
+	$(PY) -m atp.bench --quick --json outputs/bench.json
+
+clean-outputs:
+	rm -rf outputs multirun
