@@ -1,0 +1,50 @@
+"""Adaptation building blocks of ATP on plain tensors and `nn.Module`s (no Lightning, no data)."""
+
+from .augment import AugParams, StrongAugment, blur_kernel_size, color_jitter, gaussian_blur
+from .crop import class_balanced_crop_box, crop
+from .ema import EMATeacher, ema_alpha, is_stochastic_layer
+from .losses import (
+    curriculum_entropy_loss,
+    diversity_loss,
+    mean_negative_classes,
+    negative_pseudo_label_loss,
+    normalized_entropy,
+    prototype_contrastive_loss,
+    pseudo_label_ce,
+)
+from .mix import classmix_masks, mix, mixed_targets, row_ignore_weights
+from .prototypes import PrototypeEstimator, downscale_labels
+from .pseudo_labels import pseudo_labels_from_logits, threshold_pseudo_labels
+from .ranking import image_entropy_scores, read_split, split_easy_hard, write_split
+
+__all__ = [
+    "AugParams",
+    "EMATeacher",
+    "PrototypeEstimator",
+    "StrongAugment",
+    "blur_kernel_size",
+    "class_balanced_crop_box",
+    "classmix_masks",
+    "color_jitter",
+    "crop",
+    "curriculum_entropy_loss",
+    "diversity_loss",
+    "downscale_labels",
+    "ema_alpha",
+    "gaussian_blur",
+    "image_entropy_scores",
+    "is_stochastic_layer",
+    "mean_negative_classes",
+    "mix",
+    "mixed_targets",
+    "negative_pseudo_label_loss",
+    "normalized_entropy",
+    "prototype_contrastive_loss",
+    "pseudo_label_ce",
+    "pseudo_labels_from_logits",
+    "read_split",
+    "row_ignore_weights",
+    "split_easy_hard",
+    "threshold_pseudo_labels",
+    "write_split",
+]
