@@ -1,0 +1,64 @@
+"""Step A — Align: curriculum entropy + diversity on unlabelled target images (spec §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from atp.adaptation import curriculum_entropy_loss, diversity_loss
+from atp.stages.teacher import TeacherStage
+
+
+class AlignStage(TeacherStage):
+    """L_A = λ_cel·mean((1−H)^γ·H) − λ_div·Ĥ(m) on the student's prediction of A(x).
+
+    The EMA teacher exists only to choose class-balanced crops for inputs larger than the crop
+    (ACDC); for inputs already at crop size it is neither updated nor run.
+    """
+
+    stage_name = "align"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cel_weight: float = 1e-3,
+        cel_gamma: float = 5.0,
+        div_weight: float = 1e-4,
+        div_alpha: float = 3.0,
+        div_bug_compat: bool = False,
+        freeze_decoder: bool = False,
+        freeze_decoder_bn: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.cel_weight, self.cel_gamma = cel_weight, cel_gamma
+        self.div_weight, self.div_alpha, self.div_bug_compat = div_weight, div_alpha, div_bug_compat
+        self.freeze_decoder = freeze_decoder
+        self.freeze_decoder_bn = freeze_decoder or freeze_decoder_bn
+        if freeze_decoder:
+            self.student.decode_head.requires_grad_(False)
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze_decoder_bn:
+            for module in self.student.decode_head.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self.begin_step()
+        images = batch["img"]
+        if self.needs_crop(images):
+            self.update_teacher()
+            images = self.pseudo_label(images).images
+        aug_generator = self.step_generator("cpu")
+        params = self.strong_aug.draw(aug_generator)
+        strong = self.strong_aug.apply(images, params, aug_generator)
+        logits = self.upsample(self.student(strong), strong.shape[-2:])
+        cel = curriculum_entropy_loss(logits, gamma=self.cel_gamma)
+        div = diversity_loss(logits, alpha=self.div_alpha, bug_compat=self.div_bug_compat)
+        loss = self.cel_weight * cel + self.div_weight * div
+        self.manual_backward(loss)
+        self.finish_step()
+        self.log_terms({"loss/cel": cel, "loss/div": div, "loss/total": loss})

@@ -1,0 +1,214 @@
+"""The SegFormer student every stage trains: evaluation, optimiser, schedule, logging (spec §4.1, §11)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from atp.data.labels import CLASS_NAMES, IGNORE_INDEX
+from atp.inference import acdc_class_prior_weights, segment_probs
+from atp.metrics import SUBSETS, iou_per_class, mean_iou
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    """DictConfig/ListConfig → plain containers (hyper-parameters must pickle without omegaconf)."""
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def poly_warmup_factor(step: int, max_steps: int, power: float, warmup_steps: int, warmup_ratio: float) -> float:
+    """Learning-rate multiplier: poly decay to 0 over ``max_steps``, linear warm-up from ``warmup_ratio``."""
+    progress = min(step, max_steps) / max(max_steps, 1)
+    factor = (1.0 - progress) ** power
+    if warmup_steps > 0 and step < warmup_steps:
+        factor *= 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
+    return factor
+
+
+def parameter_groups(named_params, lr: float, weight_decay: float, head_lr_mult: float, norm_decay_mult: float):
+    """mmcv-style groups (spec §4.1): names with ``head`` get lr × mult; else ``norm`` gets no decay."""
+    head, norm, rest = [], [], []
+    for name, param in named_params:
+        if not param.requires_grad:
+            continue
+        if "head" in name:
+            head.append(param)
+        elif "norm" in name:
+            norm.append(param)
+        else:
+            rest.append(param)
+    groups = [
+        {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "encoder"},
+        {"params": norm, "lr": lr, "weight_decay": weight_decay * norm_decay_mult, "name": "norm"},
+        {"params": head, "lr": lr * head_lr_mult, "weight_decay": weight_decay, "name": "head"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+class SegStage(pl.LightningModule):
+    """Base LightningModule: the student ``Segmentor``, target-val mIoU, AdamW + poly/warm-up.
+
+    Subclasses implement ``training_step`` with manual optimisation (several backward passes, one
+    optimiser step) and call :meth:`finish_step`. Randomness inside a step (strong augmentation,
+    dropout) is seeded from ``(seed, global_step)`` so a resumed run repeats the same draws.
+    """
+
+    stage_name = "base"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optim: Mapping,
+        schedule: Mapping,
+        eval: Mapping,
+        num_classes: int = 19,
+        seed: int = 76,
+        log_interval: int = 50,
+        collapse_share: float = 0.6,
+        collapse_patience: int = 3,
+        **unused: Any,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.student = model
+        self.optim_cfg = dict(_plain(optim))
+        self.schedule_cfg = dict(_plain(schedule))
+        self.eval_cfg = dict(_plain(eval))
+        self.num_classes = num_classes
+        self.seed = int(seed)
+        self.log_interval = max(int(log_interval), 1)
+        self.collapse_share = collapse_share
+        self.collapse_patience = collapse_patience
+        self._collapse_streak = 0
+        if unused:
+            log.debug("ignored stage options: %s", sorted(unused))
+        self.save_hyperparameters(ignore=["model"])
+        self.val_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+        prior = acdc_class_prior_weights() if self.eval_cfg.get("acdc_class_prior") else None
+        self.register_buffer("class_prior", prior, persistent=False)
+
+    # ------------------------------------------------------------------ optimisation
+    def trainable_named_parameters(self):
+        """Parameters the optimiser updates (the student's; teachers and buffers are excluded)."""
+        return (("student." + n, p) for n, p in self.student.named_parameters())
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        groups = parameter_groups(
+            self.trainable_named_parameters(), cfg["lr"], cfg["weight_decay"], cfg["head_lr_mult"], cfg["norm_decay_mult"]
+        )
+        fused = cfg.get("fused")
+        if fused is None:
+            fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=bool(fused) or None)
+        sched = self.schedule_cfg
+
+        def factor(step: int) -> float:
+            return poly_warmup_factor(
+                step, sched["max_steps"], sched["poly_power"], sched["warmup_steps"], sched["warmup_ratio"]
+            )
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def finish_step(self) -> None:
+        """One optimiser step and one schedule step (gradients were accumulated by the caller)."""
+        self.optimizers().step()
+        self.lr_schedulers().step()
+
+    def begin_step(self) -> torch.optim.Optimizer:
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        return optimizer
+
+    # ------------------------------------------------------------------ randomness
+    def step_generator(self, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator seeded by (seed, step), on ``device`` (default: the module's), same after a resume."""
+        generator = torch.Generator(device=device or self.device)
+        generator.manual_seed(self.seed * 1_000_003 + self.global_step)
+        return generator
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(self.seed * 7_919 + self.global_step)
+
+    # ------------------------------------------------------------------ logging
+    def should_log(self) -> bool:
+        return self.global_step % self.log_interval == 0
+
+    def log_terms(self, terms: Mapping[str, torch.Tensor | float]) -> None:
+        """Log scalars under ``train/`` at the logging interval only (a host sync happens there)."""
+        if not self.should_log():
+            return
+        values = {f"train/{k}": (v.detach().float() if torch.is_tensor(v) else float(v)) for k, v in terms.items()}
+        optimizer = self.optimizers()
+        values["train/lr"] = optimizer.param_groups[0]["lr"]
+        self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)
+
+    # ------------------------------------------------------------------ evaluation
+    def predict_probs(self, img: torch.Tensor, out_size: Sequence[int], model: torch.nn.Module | None = None):
+        """Class probabilities at ``out_size`` with the configured inference mode/TTA/class prior."""
+        cfg = self.eval_cfg
+        return segment_probs(
+            model or self.student,
+            img,
+            out_size,
+            mode=cfg.get("mode", "whole"),
+            crop_size=cfg.get("crop_size"),
+            stride=cfg.get("stride"),
+            flip=bool(cfg.get("flip", False)),
+            class_prior=self.class_prior,
+        )
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        label = batch["label"]
+        probs = self.predict_probs(batch["img"], label.shape[-2:])
+        self.val_confmat.update(probs.argmax(dim=1), label)
+
+    def on_validation_epoch_end(self) -> None:
+        confmat = self.val_confmat.compute()
+        self.val_confmat.reset()
+        if confmat.sum() == 0:
+            return
+        metrics = {}
+        for subset in self.eval_cfg.get("class_subsets") or ["all19"]:
+            key = "mIoU" if subset == "all19" else f"mIoU_{subset}"
+            metrics[f"val/{key}"] = float(mean_iou(confmat, SUBSETS[subset]))
+        ious = iou_per_class(confmat)
+        for index, name in enumerate(CLASS_NAMES[: self.num_classes]):
+            value = float(ious[index])
+            metrics[f"val/IoU/{name}"] = 0.0 if math.isnan(value) else 100.0 * value
+        share = confmat.sum(dim=0).float() / confmat.sum()
+        metrics["val/max_class_share"] = float(share.max())
+        metrics["val/pixel_acc"] = float(confmat.diagonal().sum() / confmat.sum() * 100)
+        self.log_dict(metrics, sync_dist=False, batch_size=1)
+        self._watch_collapse(share)
+        self.last_val_metrics = metrics
+
+    def _watch_collapse(self, share: torch.Tensor) -> None:
+        """Warn when one class takes over the predictions for several validations (small-scale notes #3)."""
+        top = int(share.argmax())
+        if float(share[top]) > self.collapse_share:
+            self._collapse_streak += 1
+            if self._collapse_streak >= self.collapse_patience:
+                log.warning(
+                    "pseudo-label collapse? class %r takes %.0f%% of target-val predictions for %d validations",
+                    CLASS_NAMES[top], 100 * float(share[top]), self._collapse_streak,
+                )
+        else:
+            self._collapse_streak = 0
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def upsample(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,66 @@
+"""Step T — Teach: complementary self-training with positive and negative pseudo-labels (spec §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from atp.adaptation import (
+    mean_negative_classes,
+    negative_pseudo_label_loss,
+    pseudo_label_ce,
+)
+from atp.data.labels import IGNORE_INDEX
+from atp.stages.teacher import TeacherStage
+
+
+class TeachStage(TeacherStage):
+    """L_T = CE(student(A(x)), teacher argmax) + L_npl with classes p < τ_n as negatives."""
+
+    stage_name = "teach"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pos_weight: float = 1.0,
+        pos_threshold: float | None = None,
+        neg_weight: float = 1.0,
+        neg_threshold: float = 0.04,
+        neg_source: str = "student",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if neg_source not in ("student", "teacher"):
+            raise ValueError(f"stage.module.neg_source must be 'student' or 'teacher', got {neg_source!r}")
+        self.pos_weight, self.pos_threshold = pos_weight, pos_threshold
+        self.neg_weight, self.neg_threshold, self.neg_source = neg_weight, neg_threshold, neg_source
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self.begin_step()
+        self.update_teacher()
+        pseudo = self.pseudo_label(batch["img"], keep_probs=self.neg_source == "teacher")
+        labels = pseudo.labels
+        if self.pos_threshold is not None:
+            labels = labels.masked_fill(pseudo.confidence < self.pos_threshold, IGNORE_INDEX)
+        aug_generator = self.step_generator("cpu")
+        params = self.strong_aug.draw(aug_generator)
+        strong = self.strong_aug.apply(pseudo.images, params, aug_generator)
+        logits = self.upsample(self.student(strong), strong.shape[-2:])
+        probs = logits.softmax(dim=1)
+        positive = pseudo_label_ce(logits, labels, ignore_index=IGNORE_INDEX)
+        mask_probs = pseudo.probs if self.neg_source == "teacher" else None
+        negative = negative_pseudo_label_loss(probs, threshold=self.neg_threshold, mask_probs=mask_probs)
+        self.manual_backward(self.pos_weight * positive + self.neg_weight * negative)
+        self.finish_step()
+        if self.should_log():
+            reference = mask_probs if mask_probs is not None else probs.detach()
+            self.log_terms(
+                {
+                    "loss/pos": positive,
+                    "loss/neg": negative,
+                    "pseudo/quality": pseudo.quality,
+                    "pseudo/neg_classes_per_pixel": mean_negative_classes(reference, self.neg_threshold),
+                }
+            )

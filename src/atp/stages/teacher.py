@@ -1,0 +1,95 @@
+"""Stages with an EMA teacher: re-initialisation, EMA update, pseudo-labels and class-balanced crop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+
+from atp.adaptation import (
+    EMATeacher,
+    StrongAugment,
+    class_balanced_crop_box,
+    crop,
+    pseudo_labels_from_logits,
+)
+from atp.data.labels import IGNORE_INDEX
+from atp.stages.base import SegStage, _plain
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class PseudoLabels(NamedTuple):
+    images: torch.Tensor  # weak images, cropped when the input was larger than the crop
+    labels: torch.Tensor  # (B, H, W) teacher argmax
+    confidence: torch.Tensor  # (B, H, W) teacher max probability
+    quality: torch.Tensor  # scalar q: share of pixels with confidence >= conf_threshold
+    probs: torch.Tensor | None  # (B, C, H, W) teacher probabilities (kept only when asked)
+
+
+class TeacherStage(SegStage):
+    """A ``SegStage`` with an EMA teacher (spec §4.2–4.4), reset from the student at step 0."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        strong_aug: Mapping | None = None,
+        crop: Mapping | None = None,
+        ema_alpha: float = 0.999,
+        conf_threshold: float = 0.968,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.teacher = EMATeacher(self.student)
+        self.ema_alpha = ema_alpha
+        self.conf_threshold = conf_threshold
+        aug = dict(_plain(strong_aug) or {})
+        self.strong_aug = StrongAugment(mean=IMAGENET_MEAN, std=IMAGENET_STD, **aug)
+        self.crop_cfg = dict(_plain(crop) or {"size": None})
+
+    def on_train_start(self) -> None:
+        if self.global_step == 0:  # a new stage (not a resume): the teacher starts as the student
+            self.teacher.reset_from(self.student)
+
+    def update_teacher(self) -> None:
+        """EMA update at the start of the step (spec §4.2); step 0 is the copy made at train start."""
+        if self.global_step > 0:
+            self.teacher.update(self.student, self.global_step, max_alpha=self.ema_alpha)
+
+    def needs_crop(self, images: torch.Tensor) -> bool:
+        size = self.crop_cfg.get("size")
+        return size is not None and (images.shape[-2] > size[0] or images.shape[-1] > size[1])
+
+    @torch.no_grad()
+    def pseudo_label(self, images: torch.Tensor, keep_probs: bool = False) -> PseudoLabels:
+        """Teacher pseudo-labels on weak images; larger inputs get the class-balanced crop (spec §2.6)."""
+        logits = self.teacher(images)
+        labels, confidence, quality, probs = self._labels_of(logits, images.shape[-2:], keep_probs)
+        if self.needs_crop(images):
+            size = tuple(self.crop_cfg["size"])
+            box = class_balanced_crop_box(
+                labels,
+                size,
+                tries=self.crop_cfg.get("tries", 10),
+                cat_max_ratio=self.crop_cfg.get("cat_max_ratio", 0.75),
+                generator=self.step_generator(),
+                ignore_index=IGNORE_INDEX,
+                num_classes=self.num_classes,
+            )
+            images = crop(images, box, size)
+            if self.crop_cfg.get("regen_pseudo", True):
+                logits = self.teacher(images)
+                labels, confidence, quality, probs = self._labels_of(logits, images.shape[-2:], keep_probs)
+            else:
+                labels, confidence = crop(labels, box, size), crop(confidence, box, size)
+                quality = (confidence >= self.conf_threshold).float().mean()
+                probs = None if probs is None else crop(probs, box, size)
+        return PseudoLabels(images, labels, confidence, quality, probs)
+
+    def _labels_of(self, logits: torch.Tensor, size, keep_probs: bool):
+        labels, confidence, quality = pseudo_labels_from_logits(logits, size=size, conf_threshold=self.conf_threshold)
+        probs = self.upsample(logits, size).softmax(dim=1) if keep_probs else None
+        return labels, confidence, quality, probs

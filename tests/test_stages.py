@@ -1,0 +1,79 @@
+"""Every stage runs a few steps on the toy data with a tiny model; each hands its weights on."""
+
+import json
+
+import pytest
+import torch
+
+from atp import pipeline
+from atp.models.weights import read_checkpoint
+from atp.runner import run_stage
+from tests.stage_helpers import all_finite, logged_losses, stage_cfg
+
+
+@pytest.fixture(scope="module")
+def chain(data_toy_root, tmp_path_factory):
+    """source → align → teach → propagate, each started with init_from=auto (newest matching run)."""
+    out = tmp_path_factory.mktemp("outputs")
+    runs = {}
+    # conf_threshold=0: an untrained teacher is never 0.968-confident, and quality q = 0 would
+    # give every hard pixel weight 0 (so no contrastive target at all).
+    extra = {"propagate": ["stage.module.scl.start_step=1", "stage.module.ignore_bottom_rows=4",
+                           "stage.module.ignore_top_rows=2", "stage.module.conf_threshold=0.0"],
+             # a 4-step source model is near-uniform (p ≈ 1/19 > 0.04): no class would be negative
+             "teach": ["stage.module.neg_threshold=0.07"]}
+    for stage in ("source", "align", "teach", "propagate"):
+        run_dir = out / "runs" / stage
+        cfg = stage_cfg(stage, data_toy_root, out, run_dir, *extra.get(stage, []))
+        runs[stage] = (run_stage(cfg, run_dir), run_dir)
+    return runs
+
+
+@pytest.mark.parametrize("stage", ["source", "align", "teach", "propagate"])
+def test_stage_losses_are_finite_and_change(chain, stage):
+    manifest, run_dir = chain[stage]
+    assert manifest["status"] == "complete" and manifest["steps"] == 4
+    losses = logged_losses(run_dir)
+    assert losses, "no loss was logged"
+    for name, values in losses.items():
+        assert len(values) == (3 if name == "scl" else 4), name  # scl starts at step 1
+        assert all_finite(values), (name, values)
+        assert len(set(values)) > 1, f"{stage} loss {name} never changed: {values}"
+    assert "mIoU" in manifest["metrics"]
+
+
+def test_each_stage_starts_from_its_predecessor(chain):
+    for stage, previous in (("align", "source"), ("teach", "align"), ("propagate", "teach")):
+        manifest, _ = chain[stage]
+        _, previous_dir = chain[previous]
+        assert manifest["init_run"] == str(previous_dir)
+        assert manifest["init_from"] == str((previous_dir / "checkpoints" / "final.ckpt").resolve())
+
+
+def test_propagate_ranked_the_target_and_saved_prototypes(chain, data_toy_root):
+    manifest, run_dir = chain["propagate"]
+    split = run_dir / manifest["artefacts"]["split_dir"]
+    easy = (split / "easy.txt").read_text().split()
+    hard = (split / "hard.txt").read_text().split()
+    assert len(easy) == 2 and len(hard) == 6  # 8 target-train images, lowest 30 % → 2 easy
+    assert not set(easy) & set(hard)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state["prototypes.count"].sum() > 0
+    assert any(k.startswith("teacher.model.") for k in state)
+
+
+def test_teacher_is_saved_and_differs_from_student(chain):
+    _, run_dir = chain["teach"]
+    ckpt = run_dir / "checkpoints" / "final.ckpt"
+    student = read_checkpoint(ckpt, which="student")
+    teacher = read_checkpoint(ckpt, which="teacher")
+    assert student.keys() == teacher.keys()
+    name = "decode_head.conv_seg.weight"
+    assert not torch.equal(student[name], teacher[name])
+
+
+def test_manifest_is_valid_json_with_history(chain):
+    _, run_dir = chain["teach"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["history"][-1]["step"] == 4
+    assert pipeline.manifest_checkpoint({**manifest, "_dir": str(run_dir)}).is_file()
