@@ -1,0 +1,163 @@
+"""``python -m atp.evaluate ckpt=<path> dataset=<...> [weights=student|teacher] [eval.flip=true]``.
+
+Target-val mIoU and per-class IoU (19 classes; 16/13 for SYNTHIA) of any checkpoint format that
+``atp.convert`` reads. Writes ``metrics.json``, ``per_class_iou.png``, ``confusion_matrix.png`` and
+colourised predictions into the output directory and prints a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics.classification import MulticlassConfusionMatrix
+from tqdm import tqdm
+
+from atp.data import build_datamodule
+from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE
+from atp.inference import acdc_class_prior_weights, segment_probs
+from atp.metrics import SUBSETS, iou_per_class, mean_iou
+from atp.models.weights import CheckpointError, load_into, read_checkpoint
+from atp.pipeline import atomic_write_json
+
+log = logging.getLogger("atp.evaluate")
+
+
+def colourise(labels: np.ndarray) -> np.ndarray:
+    """Train ids (H, W) → RGB image with the Cityscapes palette (ignore = black)."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(PALETTE)] = np.asarray(PALETTE, dtype=np.uint8)
+    return palette[labels.astype(np.uint8)]
+
+
+def plot_per_class(ious: list[float], names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [0.0 if math.isnan(v) else 100 * v for v in ious]
+    colours = [tuple(c / 255 for c in PALETTE[i]) for i in range(len(names))]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar(range(len(names)), values, color=colours, edgecolor="0.3")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confmat: torch.Tensor, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confmat.double()
+    rows = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(rows.numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run the evaluation described by ``cfg`` and write its artefacts into ``out_dir``."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    ckpt = Path(str(cfg.ckpt)).expanduser()
+    state = read_checkpoint(ckpt, which=cfg.weights, trust=cfg.trust_checkpoints)
+    model = instantiate(cfg.model)
+    parts = tuple(p for p in ("encoder", "decode_head") if any(k.startswith(p + ".") for k in state))
+    if parts != ("encoder", "decode_head"):
+        raise CheckpointError(f"{ckpt} holds no complete segmentation model (found parts: {parts or 'none'})")
+    load_into(model, {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}, strict=True, parts=parts)
+    model.eval().to(device)
+
+    datamodule = build_datamodule(cfg.dataset, mode="target", **OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule.setup("validate")
+    loader = datamodule.val_dataloader()
+    num_classes = int(cfg.dataset.num_classes)
+    confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False).to(device)
+    prior = acdc_class_prior_weights() if cfg.eval.acdc_class_prior else None
+    vis_dir = out_dir / "predictions"
+    vis_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with torch.no_grad():
+        for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch")):
+            if cfg.limit_batches is not None and index >= cfg.limit_batches:
+                break
+            label = batch["label"].to(device)
+            probs = segment_probs(model, batch["img"].to(device), label.shape[-2:], mode=cfg.eval.mode,
+                                  crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, flip=cfg.eval.flip,
+                                  class_prior=prior)
+            pred = probs.argmax(dim=1)
+            confmat.update(pred, label)
+            for b in range(pred.shape[0]):
+                if written >= cfg.num_vis:
+                    break
+                name = Path(str(batch["name"][b])).stem
+                pair = np.concatenate([colourise(pred[b].cpu().numpy()), colourise(label[b].cpu().numpy())], axis=1)
+                _write_png(vis_dir / f"{name}_pred_gt.png", pair)
+                written += 1
+
+    matrix = confmat.compute().cpu()
+    ious = iou_per_class(matrix).tolist()
+    names = list(CLASS_NAMES[:num_classes])
+    result = {
+        "ckpt": str(ckpt), "weights": cfg.weights, "dataset": cfg.dataset.name,
+        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "mIoU": {s: float(mean_iou(matrix, SUBSETS[s])) for s in cfg.dataset.class_subsets},
+        "per_class_iou": {n: (None if math.isnan(v) else 100 * v) for n, v in zip(names, ious, strict=True)},
+        "pixel_acc": float(matrix.diagonal().sum() / matrix.sum().clamp_min(1) * 100),
+        "confusion_matrix": matrix.tolist(),
+    }
+    atomic_write_json(out_dir / "metrics.json", result)
+    plot_per_class(ious, names, out_dir / "per_class_iou.png", f"{cfg.dataset.name}: mIoU {result['mIoU']['all19']:.2f}")
+    plot_confusion(matrix, names, out_dir / "confusion_matrix.png")
+    return result
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    cv2.imwrite(str(path), rgb[:, :, ::-1])
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{'class':<15} IoU")
+    for name, value in result["per_class_iou"].items():
+        print(f"{name:<15} {'  n/a' if value is None else f'{value:5.1f}'}")
+    for subset, value in result["mIoU"].items():
+        print(f"{'mIoU ' + subset:<15} {value:5.2f}")
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(cfg.output_dir)
+    try:
+        result = evaluate(cfg, out_dir)
+    except (CheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print_table(result)
+    print(f"\nwrote {out_dir}/metrics.json, per_class_iou.png, confusion_matrix.png, predictions/")
+
+
+if __name__ == "__main__":
+    main()

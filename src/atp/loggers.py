@@ -1,0 +1,54 @@
+"""Experiment loggers: W&B that never hangs without network or account (offline fallback)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(requested: str = "auto") -> str:
+    """``online`` only when asked or when an API key is configured; otherwise ``offline``."""
+    if requested in ("online", "offline", "disabled"):
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file() and "api.wandb.ai" in (
+        Path.home() / ".netrc"
+    ).read_text(errors="ignore")
+    return "online" if has_key else "offline"
+
+
+def make_wandb_logger(
+    project: str = "atp",
+    entity: str | None = None,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+    save_dir: str = ".",
+    mode: str = "auto",
+    log_model: bool = False,
+    name: str | None = None,
+    **unused,
+):
+    """A Lightning ``WandbLogger``; offline (files under ``save_dir/wandb``, syncable later) by default."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    resolved = wandb_mode(mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if resolved == "offline":
+        log.info("W&B offline: runs are written under %s/wandb (upload later with `wandb sync`)", save_dir)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    settings = None
+    try:
+        import wandb
+
+        settings = wandb.Settings(init_timeout=60, silent=True)
+    except Exception:  # pragma: no cover - wandb missing is a packaging error reported by the import below
+        pass
+    return WandbLogger(
+        project=project, entity=entity, group=group, tags=list(tags), save_dir=save_dir, mode=resolved,
+        log_model=log_model, name=name, settings=settings,
+    )

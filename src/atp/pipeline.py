@@ -1,0 +1,181 @@
+"""Stage hand-off: manifests, atomic writes and the resolution of ``init_from`` (DESIGN §4)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+STAGE_ORDER = ("source", "align", "teach", "propagate")
+PREDECESSORS: dict[str, tuple[str, ...]] = {
+    "source": (),
+    "distill": (),
+    "align": ("source", "distill"),
+    "teach": ("align",),
+    "propagate": ("teach",),
+}
+MANIFEST = "manifest.json"
+# Overrides that differ between the stages of one chain and so do not identify the chain.
+_NOT_CHAIN_KEYS = ("stage", "init_from", "init_which", "ckpt_path", "resume", "split_dir")
+
+
+class HandOffError(RuntimeError):
+    """A stage cannot find or use what the previous stage should have produced."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory, fsync and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove temp files a killed writer left behind (``.<name>.*.tmp``); returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def chain_key(overrides: Iterable[str]) -> str:
+    """Identify a chain by the task overrides that are not stage-specific (dataset, seed, model…)."""
+    kept = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in _NOT_CHAIN_KEYS or key.startswith("stage."):
+            continue
+        kept.append(override)
+    return hashlib.sha1("\n".join(sorted(kept)).encode()).hexdigest()[:12]
+
+
+def config_hash(config: Mapping) -> str:
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict | None:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    data["_dir"] = str(path.parent)
+    return data
+
+
+def write_manifest(run_dir: str | os.PathLike, manifest: Mapping) -> Path:
+    path = Path(run_dir) / MANIFEST
+    atomic_write_json(path, {k: v for k, v in manifest.items() if not k.startswith("_")})
+    return path
+
+
+def manifest_checkpoint(manifest: Mapping) -> Path:
+    """Absolute path of a manifest's final checkpoint (stored relative to its run dir)."""
+    return (Path(manifest["_dir"]) / manifest["final_ckpt"]).resolve()
+
+
+def find_manifests(root: str | os.PathLike) -> list[dict]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.rglob(MANIFEST):
+        manifest = read_manifest(path.parent)
+        if manifest is not None:
+            found.append(manifest)
+    return found
+
+
+def _complete(manifests: Iterable[dict], stages: Sequence[str]) -> list[dict]:
+    ready = []
+    for manifest in manifests:
+        if manifest.get("stage") in stages and manifest.get("status") == "complete":
+            if manifest_checkpoint(manifest).is_file():
+                ready.append(manifest)
+    return sorted(ready, key=lambda m: m.get("finished_at", 0), reverse=True)
+
+
+def resolve_predecessor(
+    stage: str,
+    *,
+    dataset: str,
+    model: str,
+    seed: int,
+    output_dir: str | os.PathLike,
+    sweep_dir: str | os.PathLike | None = None,
+    key: str | None = None,
+    command_hint: str = "",
+) -> dict:
+    """The manifest of the run this stage starts from (``init_from=auto``).
+
+    In a multirun sweep: the finished sibling job of a previous stage with the same chain key.
+    Otherwise: the newest finished matching run (same dataset and model; same seed preferred)
+    under ``output_dir``. Raises :class:`HandOffError` naming the command that makes it.
+    """
+    previous = PREDECESSORS.get(stage)
+    if previous is None:
+        raise HandOffError(f"unknown stage {stage!r}; choose one of {', '.join(PREDECESSORS)}")
+    if not previous:
+        raise HandOffError(f"stage={stage} has no previous stage; init_from=auto does not apply")
+    if sweep_dir is not None:
+        siblings = [m for m in find_manifests(sweep_dir) if m.get("chain_key") == key]
+        found = _complete(siblings, previous)
+        if found:
+            return found[0]
+    candidates = [
+        m for m in find_manifests(output_dir) if m.get("dataset") == dataset and m.get("model") == model
+    ]
+    found = _complete(candidates, previous)
+    same_seed = [m for m in found if m.get("seed") == seed]
+    if same_seed or found:
+        return (same_seed or found)[0]
+    hint = command_hint or f"python -m atp.train stage={previous[0]} dataset={dataset}"
+    raise HandOffError(
+        f"stage={stage} starts from a finished {' or '.join(previous)} run for dataset={dataset} "
+        f"model={model}, and none was found under {output_dir}"
+        + (f" or in the sweep {sweep_dir}" if sweep_dir else "")
+        + f". Make it first with `{hint}` (or list the stages in order in one sweep: "
+        f"`python -m atp.train -m stage={','.join(STAGE_ORDER)} dataset={dataset}`), "
+        "or pass init_from=/path/to/checkpoint."
+    )
+
+
+def new_manifest(**fields: Any) -> dict:
+    manifest = {"status": "running", "started_at": time.time(), "git_revision": git_revision()}
+    manifest.update(fields)
+    return manifest

@@ -1,0 +1,281 @@
+"""Run one stage from a composed config: checks, weights, data, trainer, manifest (DESIGN §3–§4)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
+
+from atp import pipeline
+from atp.data import build_datamodule
+from atp.models.weights import CheckpointError, load_into, read_checkpoint
+from atp.stages import STAGES, BlackBoxSource
+from atp.stages.ranking import make_split
+
+log = logging.getLogger(__name__)
+# Manual optimisation saves the post-step state, which is exactly what a resume needs.
+warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+class UserError(RuntimeError):
+    """A mistake the user can fix; the entry point prints the message alone (no traceback)."""
+
+
+def ensure_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"output directory {run_dir} is not writable ({err.strerror}); set paths.output_dir=<a writable dir>"
+        ) from err
+
+
+def model_name(cfg: DictConfig) -> str:
+    return str(OmegaConf.select(cfg, "model.name", default=None) or OmegaConf.select(cfg, "model.encoder"))
+
+
+def check_data(cfg: DictConfig) -> None:
+    """Fail before any long work when the dataset layout is broken (same report as atp.data.check)."""
+    from atp.data.check import DatasetCheckError, check_dataset, raise_on_problems
+
+    try:
+        raise_on_problems(check_dataset(cfg.dataset), cfg.dataset.name)
+    except DatasetCheckError as err:
+        raise UserError(str(err)) from err
+
+
+def resolve_init(cfg: DictConfig, stage: str, sweep_dir: Path | None, key: str) -> tuple[Path | None, str | None]:
+    """Path of the checkpoint to initialise from (weights only) and where it came from."""
+    init = cfg.init_from
+    if init in (None, "null", "none"):
+        return None, None
+    if init == "auto":
+        manifest = pipeline.resolve_predecessor(
+            stage, dataset=cfg.dataset.name, model=model_name(cfg), seed=cfg.seed,
+            output_dir=cfg.paths.output_dir, sweep_dir=sweep_dir, key=key,
+        )
+        return pipeline.manifest_checkpoint(manifest), manifest["_dir"]
+    path = Path(str(init)).expanduser()
+    if not path.is_file():
+        raise UserError(f"init_from={init}: no such file; pass a checkpoint path or init_from=auto")
+    return path, None
+
+
+def load_initial_weights(model: torch.nn.Module, cfg: DictConfig, path: Path | None, stage: str) -> str:
+    """Weights-only initialisation; strict on what the checkpoint covers (spec §14 #8)."""
+    trust = bool(cfg.trust_checkpoints)
+    if path is None:
+        imagenet = OmegaConf.select(cfg, "model.imagenet_init")
+        if stage in ("source", "distill") and imagenet:
+            state = read_checkpoint(imagenet, trust=trust)
+            load_into(model, state, strict=True, parts=("encoder",))
+            return f"encoder from ImageNet weights {imagenet}"
+        return "random initialisation"
+    state = read_checkpoint(path, which=cfg.init_which, trust=trust)
+    prefixes = {name.split(".", 1)[0] for name in state}
+    if prefixes == {"encoder"}:
+        if stage not in ("source", "distill"):
+            raise UserError(
+                f"init_from={path} holds encoder weights only (an ImageNet backbone?); stage={stage} needs a "
+                "segmentation model: train one with stage=source, or use model.imagenet_init for stage=source"
+            )
+        load_into(model, state, strict=True, parts=("encoder",))
+        return f"encoder from {path}"
+    parts = tuple(p for p in ("encoder", "decode_head", "proj_head") if p in prefixes and hasattr(model, p)
+                  and getattr(model, p) is not None)
+    if getattr(model, "proj_head", None) is not None and "proj_head" not in prefixes:
+        log.warning("%s has no projection head weights; the projection head starts from random weights", path)
+    load_into(model, state, strict=True, parts=parts)
+    return f"{'+'.join(parts)} from {path}"
+
+
+class ManifestCallback(Callback):
+    """Keeps the manifest's validation history current (written atomically after each validation)."""
+
+    def __init__(self, run_dir: Path, manifest: dict) -> None:
+        self.run_dir, self.manifest = run_dir, manifest
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        metrics = getattr(module, "last_val_metrics", None)
+        if trainer.sanity_checking or not metrics or trainer.global_rank != 0:
+            return
+        entry = {"step": trainer.global_step, **{k.removeprefix("val/"): v for k, v in metrics.items()
+                                                 if not k.startswith("val/IoU/")}}
+        history = self.manifest.setdefault("history", [])
+        history[:] = [h for h in history if h["step"] != entry["step"]] + [entry]
+        self.manifest["metrics"] = {k.removeprefix("val/"): v for k, v in metrics.items()}
+        pipeline.write_manifest(self.run_dir, self.manifest)
+
+
+def build_oracle(cfg: DictConfig) -> BlackBoxSource:
+    """The black-box source for stage=distill: a checkpoint wrapped so only probabilities come out."""
+    path = cfg.stage.module.get("oracle")
+    if not path:
+        raise UserError("stage=distill needs stage.module.oracle=/path/to/source_checkpoint")
+    source = instantiate(cfg.model)
+    state = read_checkpoint(path, which=cfg.stage.module.get("oracle_which", "student"), trust=cfg.trust_checkpoints)
+    parts = tuple(p for p in ("encoder", "decode_head") if any(k.startswith(p + ".") for k in state))
+    load_into(source, {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}, strict=True, parts=parts)
+    source.eval()
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        source.to(images.device)
+        logits = torch.nn.functional.interpolate(source(images), size=images.shape[-2:], mode="bilinear",
+                                                 align_corners=False)
+        return logits.softmax(dim=1)
+
+    return BlackBoxSource(predict)
+
+
+def build_module(cfg: DictConfig, model: torch.nn.Module) -> pl.LightningModule:
+    stage = cfg.stage
+    extra: dict[str, Any] = {}
+    if stage.name == "distill":
+        extra["oracle"] = build_oracle(cfg)
+    module_cfg = OmegaConf.to_container(stage.module, resolve=True)
+    module_cfg.pop("oracle", None)
+    return instantiate(
+        module_cfg,
+        model=model,
+        optim=OmegaConf.to_container(stage.optim, resolve=True),
+        schedule=OmegaConf.to_container(stage.schedule, resolve=True),
+        eval=OmegaConf.to_container(stage.eval, resolve=True),
+        num_classes=cfg.dataset.num_classes,
+        seed=cfg.seed,
+        log_interval=stage.log_interval,
+        collapse_share=stage.collapse_share,
+        collapse_patience=stage.collapse_patience,
+        _recursive_=False,
+        **extra,
+    )
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> list:
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
+        logger_cfg.pop("image_interval", None)
+        if name == "wandb":
+            logger_cfg["group"] = logger_cfg.get("group") or (
+                f"{cfg.dataset.name}-{sweep_dir.name}" if sweep_dir else f"{cfg.dataset.name}-{run_dir.name}"
+            )
+            logger_cfg.setdefault("name", f"{cfg.stage.name}-{run_dir.name}")
+        loggers.append(instantiate(logger_cfg))
+    return loggers
+
+
+def run_stage(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None, key: str = "") -> dict:
+    """Train one stage end to end and return its manifest (written to ``run_dir/manifest.json``)."""
+    stage = cfg.stage.name
+    if stage not in STAGES:
+        raise UserError(f"stage={stage} is not a training stage; choose one of {', '.join(STAGES)} or chain")
+    run_dir = Path(run_dir)
+    ensure_writable(run_dir)
+    pipeline.clean_stale_temp_files(run_dir)
+    if cfg.check_data:
+        check_data(cfg)
+    init_path, init_run = resolve_init(cfg, stage, sweep_dir, key)
+
+    resume_path = cfg.ckpt_path
+    if cfg.resume and resume_path is None:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        resume_path = str(last) if last.is_file() else None
+        if resume_path is None:
+            log.info("resume=true but %s does not exist: starting the stage from the beginning", last)
+    if resume_path is not None and not Path(resume_path).is_file():
+        raise UserError(f"ckpt_path={resume_path}: no such file")
+
+    pl.seed_everything(cfg.seed, workers=True)
+    model = instantiate(cfg.model)
+    init_note = load_initial_weights(model, cfg, init_path, stage)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    module = build_module(cfg, model)
+    if cfg.compile:
+        module.student.compile()
+        if hasattr(module, "teacher"):
+            module.teacher.compile()
+
+    manifest = pipeline.new_manifest(
+        stage=stage, dataset=cfg.dataset.name, model=model_name(cfg), seed=int(cfg.seed), chain_key=key,
+        init_from=str(init_path) if init_path else None, init_run=init_run, init_note=init_note,
+        config_hash=pipeline.config_hash(OmegaConf.to_container(cfg, resolve=True)),
+        run_dir=str(run_dir.resolve()), sweep_dir=str(sweep_dir.resolve()) if sweep_dir else None,
+        max_steps=int(cfg.trainer.max_steps), artefacts={},
+    )
+    previous = pipeline.read_manifest(run_dir)
+    if previous and resume_path:
+        manifest["history"] = previous.get("history", [])
+    split_dir = cfg.split_dir
+    if cfg.stage.data_mode == "easy_hard":
+        split_dir = ensure_split(cfg, model, run_dir, split_dir)
+        manifest["artefacts"]["split_dir"] = os.path.relpath(split_dir, run_dir)
+    pipeline.write_manifest(run_dir, manifest)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
+
+    datamodule = build_datamodule(
+        cfg.dataset, mode=cfg.stage.data_mode, split_dir=split_dir, seed=cfg.seed,
+        **OmegaConf.to_container(cfg.data, resolve=True),
+    )
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every),
+        ManifestCallback(run_dir, manifest),
+    ]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(RichProgressBar(leave=True))
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=build_loggers(cfg, run_dir, sweep_dir) or False,
+                          default_root_dir=str(run_dir))
+    log.info("stage=%s dataset=%s: %s; run dir %s", stage, cfg.dataset.name, init_note, run_dir)
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    if trainer.interrupted:
+        manifest["status"] = "interrupted"
+        pipeline.write_manifest(run_dir, manifest)
+        raise UserError(f"stage={stage} was interrupted at step {trainer.global_step}; resume with resume=true")
+    history = manifest.get("history") or []
+    if not history or history[-1]["step"] != trainer.global_step:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    final = ckpt_dir / "final.ckpt"
+    trainer.save_checkpoint(final, weights_only=True)
+    manifest.update(
+        status="complete", final_ckpt=os.path.relpath(final, run_dir), last_ckpt=os.path.relpath(ckpt_dir / "last.ckpt", run_dir),
+        steps=int(trainer.global_step), finished_at=time.time(), train_seconds=round(time.time() - started, 1),
+    )
+    pipeline.write_manifest(run_dir, manifest)
+    return manifest
+
+
+def ensure_split(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, split_dir: str | None) -> Path:
+    """The easy/hard split: a given ``split_dir``, one already ranked in this run dir, or a new ranking."""
+    if split_dir:
+        path = Path(split_dir)
+        if not (path / "easy.txt").is_file() or not (path / "hard.txt").is_file():
+            raise UserError(f"split_dir={split_dir} must hold easy.txt and hard.txt (one image name per line)")
+        return path
+    path = run_dir / "splits"
+    if (path / "easy.txt").is_file() and (path / "hard.txt").is_file():
+        return path
+    datamodule = build_datamodule(cfg.dataset, mode="predict", seed=cfg.seed,
+                                  **{**OmegaConf.to_container(cfg.data, resolve=True),
+                                     "val_batch_size": cfg.stage.rank.batch_size})
+    datamodule.setup("predict")
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    return make_split(model, datamodule.predict_dataloader(), path, easy_ratio=cfg.stage.rank.easy_ratio, device=device)
+
+
+__all__ = ["CheckpointError", "UserError", "run_stage"]

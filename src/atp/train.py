@@ -1,0 +1,111 @@
+"""``python -m atp.train stage=<source|align|teach|propagate|distill|chain> dataset=<...>``.
+
+One job trains one stage; a multirun sweep ``-m stage=source,align,teach,propagate`` chains them
+(each job starts from its predecessor's weights); ``stage=chain`` runs the whole chain in one job.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from atp import pipeline
+from atp.models.weights import CheckpointError
+from atp.runner import UserError, run_stage
+from atp.summary import write_summary
+
+log = logging.getLogger("atp.train")
+
+
+def _leaves(node, prefix: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def apply_per_stage(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Merge ``per_stage.<stage name>`` into the config (recipes with per-stage schedules).
+
+    A key given on the command line wins over the recipe's per-stage value.
+    """
+    extra = OmegaConf.select(cfg, f"per_stage.{cfg.stage.name}")
+    if not extra:
+        return cfg
+    groups = set(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else set()
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides} - groups
+    with open_dict(cfg):
+        for key, value in _leaves(OmegaConf.to_container(extra)):
+            if not any(key == g or key.startswith(g + ".") for g in given):
+                OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+    return cfg
+
+
+def _task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task)
+
+
+def run_chain(cfg: DictConfig, job_dir: Path) -> list[dict]:
+    """All stages of ``chain.stages`` in one job; finished stages are skipped, an unfinished one resumed."""
+    from hydra import compose
+
+    overrides = [o for o in _task_overrides() if o.split("=", 1)[0] not in ("stage", "init_from", "resume")]
+    manifests: list[dict] = []
+    previous_ckpt: Path | None = None
+    for index, stage in enumerate(cfg.chain.stages):
+        stage_dir = job_dir / f"{index}_{stage}"
+        done = pipeline.read_manifest(stage_dir)
+        if done and done.get("status") == "complete" and pipeline.manifest_checkpoint(done).is_file():
+            log.info("chain: %s already finished in %s, skipping", stage, stage_dir)
+            manifests.append(done)
+            previous_ckpt = pipeline.manifest_checkpoint(done)
+            continue
+        init = "null" if previous_ckpt is None else str(previous_ckpt)
+        stage_cfg = compose(
+            config_name="train",
+            overrides=[*overrides, f"stage={stage}", f"init_from={init}", "resume=true"],
+        )
+        with open_dict(stage_cfg):
+            stage_cfg.run_dir = str(stage_dir)
+        stage_cfg = apply_per_stage(stage_cfg, overrides)
+        manifest = run_stage(stage_cfg, stage_dir, sweep_dir=job_dir, key="chain")
+        manifest["_dir"] = str(stage_dir)
+        manifests.append(manifest)
+        previous_ckpt = pipeline.manifest_checkpoint(manifest)
+        write_summary(job_dir)
+    return manifests
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
+    try:
+        if cfg.stage.name == "chain":
+            run_chain(cfg, run_dir)
+            return
+        cfg = apply_per_stage(cfg, _task_overrides())
+        key = pipeline.chain_key(_task_overrides())
+        manifest = run_stage(cfg, run_dir, sweep_dir=sweep_dir, key=key)
+        if sweep_dir is not None:
+            write_summary(sweep_dir)
+        metrics = manifest.get("metrics", {})
+        log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU", float("nan")),
+                 run_dir)
+    except (UserError, pipeline.HandOffError, CheckpointError) as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
