@@ -1,0 +1,137 @@
+"""Reading images and label files, and writing PNGs atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from atp.data.labels import invalid_label_values, to_train_ids
+
+cv2.setNumThreads(0)  # one decode per worker process; avoids oversubscription inside DataLoader workers
+
+
+class DataFileError(Exception):
+    """A data file that cannot be used; ``path`` names it and ``fix`` says what to run or do."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str = ""):
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.path}: {problem}" + (f" (fix: {fix})" if fix else ""))
+
+
+class UnreadableFileError(DataFileError):
+    """Missing, truncated or undecodable file."""
+
+
+class BadLabelValuesError(DataFileError):
+    """A label file holding values outside its encoding's table."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as RGB uint8 ``(H, W, 3)``; raises :class:`UnreadableFileError`."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        reason = "file is missing" if not os.path.exists(path) else "cannot be decoded (corrupt or truncated)"
+        raise UnreadableFileError(path, f"image {reason}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_raw_label(path: str | Path, encoding: str) -> np.ndarray:
+    """Read a label file's raw class values as a 2-D array.
+
+    ``synthia_ids`` files are 16-bit 3-channel PNGs: the class id is the last channel of the BGR
+    decode (the red channel). Every other encoding is an 8-bit PNG, grey or palette; it is read
+    through Pillow so palette indices (GTA5) are kept instead of expanded to colours.
+    """
+    path = str(path)
+    if encoding == "synthia_ids":
+        raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            reason = (
+                "file is missing" if not os.path.exists(path) else "cannot be decoded (corrupt or truncated)"
+            )
+            raise UnreadableFileError(path, f"label {reason}")
+        return raw[..., -1] if raw.ndim == 3 else raw
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I;16", "I"):
+                raise UnreadableFileError(
+                    path, f"label has image mode {im.mode!r}, expected one channel of ids"
+                )
+            raw = np.asarray(im)
+    except FileNotFoundError as err:
+        raise UnreadableFileError(path, "label file is missing") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableFileError(path, f"label cannot be decoded ({err})") from err
+    return raw
+
+
+def read_label(path: str | Path, encoding: str, fix: str = "") -> np.ndarray:
+    """Read a label file and return uint8 train ids; raises on unreadable files or unknown values."""
+    raw = read_raw_label(path, encoding)
+    bad = invalid_label_values(raw, encoding)
+    if bad:
+        raise BadLabelValuesError(path, bad_values_message(bad, encoding), fix)
+    return to_train_ids(raw, encoding)
+
+
+def bad_values_message(bad: list[int], encoding: str) -> str:
+    """``label values outside the <encoding> table: 19, 200`` (at most 8 values shown)."""
+    shown = ", ".join(map(str, bad[:8])) + (" …" if len(bad) > 8 else "")
+    return f"label values outside the {encoding} table: {shown}"
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the file header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableFileError(path, f"cannot read the image header ({err})") from err
+
+
+def write_png_atomic(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write ``array`` as a PNG under a temporary name in the same folder, then ``os.replace`` it.
+
+    A run killed half-way leaves at most a hidden ``.*.tmp.png`` file (removed by the next
+    ``prepare``), never a truncated file under the final name. 3-channel arrays are RGB (uint8 or
+    uint16); ``palette`` (256×3 uint8) writes an indexed PNG like the GTA5 label files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.png", dir=path.parent)
+    os.close(fd)
+    try:
+        _encode_png(tmp, array, palette)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _encode_png(path: str, array: np.ndarray, palette: np.ndarray | None) -> None:
+    if palette is not None:
+        im = Image.fromarray(array.astype(np.uint8), mode="P")
+        im.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+        im.save(path)
+        return
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)  # 3-channel arrays are RGB (8 or 16 bit)
+    if not cv2.imwrite(path, array):
+        raise OSError(f"cv2.imwrite failed for {path}")
+
+
+def write_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image atomically."""
+    write_png_atomic(path, rgb)
+
+
+def stale_temp_files(folder: str | Path) -> list[Path]:
+    """Temporary files left by a killed :func:`write_png_atomic` in ``folder`` (recursive)."""
+    return sorted(Path(folder).rglob(".*.tmp.png"))

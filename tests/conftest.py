@@ -1,0 +1,51 @@
+"""Shared pytest fixtures. Data fixtures are prefixed ``data_``."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+
+@pytest.fixture(scope="session")
+def data_fixture_root(tmp_path_factory) -> Path:
+    """A read-only data_dir with tiny GTA5, SYNTHIA, Cityscapes, ACDC and Dark Zurich trees."""
+    from atp.data.fixtures import write_all
+
+    return write_all(tmp_path_factory.mktemp("data_fixtures"))
+
+
+@pytest.fixture
+def data_fixture_copy(data_fixture_root, tmp_path) -> Path:
+    """A private copy of :func:`data_fixture_root` that a test may damage."""
+    return Path(shutil.copytree(data_fixture_root, tmp_path / "data"))
+
+
+@pytest.fixture
+def data_compose() -> Callable[..., DictConfig]:
+    """``data_compose(name, data_dir, *overrides)`` → the composed ``dataset`` node of conf/dataset/<name>.yaml,
+    with scales set to the 64×32 fixture size and 16×16 crops unless overridden."""
+    from atp.data.config import compose_cli
+
+    def compose(name: str, data_dir: Path, *overrides: str) -> DictConfig:
+        args = [f"dataset={name}", f"paths.data_dir={data_dir}"]
+        if name != "toy":
+            args += ["dataset.crop_size=[16,16]"] + [
+                f"dataset.{role}.scale=[64,32]" for role in ("source", "target", "target_val")
+            ]
+        return compose_cli(args + list(overrides)).dataset
+
+    return compose
+
+
+@pytest.fixture(scope="session")
+def data_toy_root(tmp_path_factory) -> Path:
+    """A small toy domain shift (12 source, 8 target, 4 val images at 64×32) as paths.data_dir."""
+    from atp.data.toy import generate_toy
+
+    data_dir = tmp_path_factory.mktemp("data_toy")
+    generate_toy(data_dir / "toy", n_source=12, n_target=8, n_val=4, seed=0, size=(64, 32))
+    return data_dir
