@@ -11,7 +11,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 
@@ -19,7 +19,6 @@ from atp import pipeline
 from atp.data import build_datamodule
 from atp.models.weights import CheckpointError, load_into, read_checkpoint
 from atp.stages import STAGES, BlackBoxSource
-from atp.stages.ranking import make_split
 
 log = logging.getLogger(__name__)
 # Manual optimisation saves the post-step state, which is exactly what a resume needs.
@@ -147,8 +146,10 @@ def build_module(cfg: DictConfig, model: torch.nn.Module) -> pl.LightningModule:
         extra["oracle"] = build_oracle(cfg)
     module_cfg = OmegaConf.to_container(stage.module, resolve=True)
     module_cfg.pop("oracle", None)
-    return instantiate(
-        module_cfg,
+    # Plain containers only: they go into the checkpoint's hyper-parameters, which must load with
+    # torch.load(weights_only=True) (instantiate(_recursive_=False) would pass DictConfigs).
+    module_class = get_class(module_cfg.pop("_target_"))
+    return module_class(
         model=model,
         optim=OmegaConf.to_container(stage.optim, resolve=True),
         schedule=OmegaConf.to_container(stage.schedule, resolve=True),
@@ -158,7 +159,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module) -> pl.LightningModule:
         log_interval=stage.log_interval,
         collapse_share=stage.collapse_share,
         collapse_patience=stage.collapse_patience,
-        _recursive_=False,
+        **module_cfg,
         **extra,
     )
 
@@ -177,14 +178,18 @@ def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> lis
     return loggers
 
 
-def run_stage(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None, key: str = "") -> dict:
+def run_stage(
+    cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None, key: str = "", extra_callbacks: list | None = None
+) -> dict:
     """Train one stage end to end and return its manifest (written to ``run_dir/manifest.json``)."""
     stage = cfg.stage.name
     if stage not in STAGES:
         raise UserError(f"stage={stage} is not a training stage; choose one of {', '.join(STAGES)} or chain")
     run_dir = Path(run_dir)
     ensure_writable(run_dir)
-    pipeline.clean_stale_temp_files(run_dir)
+    from atp import reliability  # [reliability] lazy: atp.reliability imports UserError from here
+    if reliability.is_rank_zero():  # [reliability] another rank may be mid-write of a temp file
+        pipeline.clean_stale_temp_files(run_dir)
     if cfg.check_data:
         check_data(cfg)
     init_path, init_run = resolve_init(cfg, stage, sweep_dir, key)
@@ -223,8 +228,9 @@ def run_stage(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None, key
     if cfg.stage.data_mode == "easy_hard":
         split_dir = ensure_split(cfg, model, run_dir, split_dir)
         manifest["artefacts"]["split_dir"] = os.path.relpath(split_dir, run_dir)
-    pipeline.write_manifest(run_dir, manifest)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
+    if reliability.is_rank_zero():  # [reliability] rank 0 writes the run dir's files
+        pipeline.write_manifest(run_dir, manifest)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=False)
 
     datamodule = build_datamodule(
         cfg.dataset, mode=cfg.stage.data_mode, split_dir=split_dir, seed=cfg.seed,
@@ -234,18 +240,22 @@ def run_stage(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None, key
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every),
         ManifestCallback(run_dir, manifest),
+        reliability.DivergenceGuard(ckpt_dir, stage),  # [reliability]
+        *(extra_callbacks or []),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar(leave=True))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=build_loggers(cfg, run_dir, sweep_dir) or False,
-                          default_root_dir=str(run_dir))
+                          default_root_dir=str(run_dir),
+                          plugins=[reliability.AtomicCheckpointIO()])  # [reliability] atomic checkpoint files
     log.info("stage=%s dataset=%s: %s; run dir %s", stage, cfg.dataset.name, init_note, run_dir)
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
     if trainer.interrupted:
         manifest["status"] = "interrupted"
-        pipeline.write_manifest(run_dir, manifest)
+        if trainer.is_global_zero:  # [reliability]
+            pipeline.write_manifest(run_dir, manifest)
         raise UserError(f"stage={stage} was interrupted at step {trainer.global_step}; resume with resume=true")
     history = manifest.get("history") or []
     if not history or history[-1]["step"] != trainer.global_step:
@@ -256,7 +266,8 @@ def run_stage(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None = None, key
         status="complete", final_ckpt=os.path.relpath(final, run_dir), last_ckpt=os.path.relpath(ckpt_dir / "last.ckpt", run_dir),
         steps=int(trainer.global_step), finished_at=time.time(), train_seconds=round(time.time() - started, 1),
     )
-    pipeline.write_manifest(run_dir, manifest)
+    if trainer.is_global_zero:  # [reliability]
+        pipeline.write_manifest(run_dir, manifest)
     return manifest
 
 
@@ -270,12 +281,16 @@ def ensure_split(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, split_d
     path = run_dir / "splits"
     if (path / "easy.txt").is_file() and (path / "hard.txt").is_file():
         return path
+    from atp import reliability  # [reliability] DDP: shard, gather, rank 0 writes, barrier
+    if reliability.distributed_world()[0] == 1 and not reliability.is_rank_zero():
+        return reliability.wait_for_split(path)  # a rank launched before the process group exists
     datamodule = build_datamodule(cfg.dataset, mode="predict", seed=cfg.seed,
                                   **{**OmegaConf.to_container(cfg.data, resolve=True),
                                      "val_batch_size": cfg.stage.rank.batch_size})
     datamodule.setup("predict")
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
-    return make_split(model, datamodule.predict_dataloader(), path, easy_ratio=cfg.stage.rank.easy_ratio, device=device)
+    return reliability.rank_split(model, datamodule.predict_dataloader(), path,  # [reliability]
+                                  easy_ratio=cfg.stage.rank.easy_ratio, device=device)
 
 
 __all__ = ["CheckpointError", "UserError", "run_stage"]

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX
-from atp.inference import acdc_class_prior_weights, segment_probs
+from atp.inference import acdc_class_prior_weights, segment
 from atp.metrics import SUBSETS, iou_per_class, mean_iou
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,10 @@ class SegStage(pl.LightningModule):
         self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)
 
     # ------------------------------------------------------------------ evaluation
-    def predict_probs(self, img: torch.Tensor, out_size: Sequence[int], model: torch.nn.Module | None = None):
-        """Class probabilities at ``out_size`` with the configured inference mode/TTA/class prior."""
+    def predict_labels(self, img: torch.Tensor, out_size: Sequence[int], model: torch.nn.Module | None = None):
+        """Predicted train ids at ``out_size`` with the configured inference mode/TTA/class prior."""
         cfg = self.eval_cfg
-        return segment_probs(
+        return segment(
             model or self.student,
             img,
             out_size,
@@ -172,8 +172,7 @@ class SegStage(pl.LightningModule):
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         label = batch["label"]
-        probs = self.predict_probs(batch["img"], label.shape[-2:])
-        self.val_confmat.update(probs.argmax(dim=1), label)
+        self.val_confmat.update(self.predict_labels(batch["img"], label.shape[-2:]), label)
 
     def on_validation_epoch_end(self) -> None:
         confmat = self.val_confmat.compute()
