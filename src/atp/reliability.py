@@ -1,0 +1,273 @@
+"""Reliability and scale-out: atomic checkpoint files, a divergence guard, DDP-correct entropy ranking.
+
+* :class:`AtomicCheckpointIO` — every checkpoint is written to a temp file beside its destination,
+  fsynced and ``os.replace``d, so a kill or a full disk never leaves a half-written ``last.ckpt``.
+* :class:`DivergenceGuard` — stops a stage at the first non-finite gradient with a post-mortem
+  checkpoint and the names of the images in the offending batch.
+* :func:`rank_split` — the easy/hard entropy ranking sharded over ``torch.distributed`` ranks,
+  gathered and written by rank 0 only; identical to the single-process split.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader, Subset
+
+from atp.adaptation import split_easy_hard, write_split
+from atp.runner import UserError
+from atp.stages.ranking import rank_target_images
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointReadError",
+    "CheckpointWriteError",
+    "DivergenceError",
+    "DivergenceGuard",
+    "distributed_world",
+    "is_rank_zero",
+    "rank_split",
+    "wait_for_split",
+]
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written; the previous file at that path is unchanged."""
+
+
+class CheckpointReadError(UserError):
+    """A checkpoint to resume from is truncated or corrupt."""
+
+
+class DivergenceError(UserError):
+    """Training produced a non-finite gradient; a post-mortem checkpoint was saved."""
+
+
+# ---------------------------------------------------------------------- atomic checkpoints
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into ``.<name>.<random>.tmp`` in the destination directory, fsync, ``os.replace``.
+
+    The temp name matches :func:`atp.pipeline.clean_stale_temp_files`, which ``run_stage`` calls at
+    start, so the leftovers of a killed writer disappear on the next run. A failed write (e.g. a
+    full disk) removes the temp file and raises :class:`CheckpointWriteError`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as err:
+            raise self._error(path, err) from err
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                self.write(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise self._error(path, err) from err
+            raise
+        _fsync_directory(path.parent)
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict[str, Any]:
+        """Lightning's loader, with a one-line error for truncated or corrupt files."""
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            raise CheckpointReadError(
+                f"checkpoint {path} cannot be read (truncated or corrupt: {str(err).splitlines()[0]}); "
+                "delete it to start the stage again, or pass ckpt_path=<an intact copy>"
+            ) from err
+
+    @staticmethod
+    def write(checkpoint: dict[str, Any], handle) -> None:
+        """Serialise ``checkpoint`` into an open binary file (a seam for fault-injection tests)."""
+        torch.save(checkpoint, handle)
+
+    @staticmethod
+    def _error(path: Path, err: OSError) -> CheckpointWriteError:
+        reason = err.strerror or str(err)
+        hint = " — free some space" if err.errno == errno.ENOSPC else ""
+        kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+        return CheckpointWriteError(f"could not write checkpoint {path} ({reason}){hint}; {kept}")
+
+
+# ---------------------------------------------------------------------- divergence guard
+def batch_names(batch: Any) -> list[str]:
+    """Image names in a batch: ``batch['name']`` or those of nested streams (``easy``/``hard``)."""
+    if isinstance(batch, Mapping):
+        if "name" in batch:
+            names = batch["name"]
+            return [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+        return [f"{key}:{name}" for key, value in batch.items() for name in batch_names(value)]
+    if isinstance(batch, (list, tuple)):
+        return [name for item in batch for name in batch_names(item)]
+    return []
+
+
+def non_finite_parameters(named_params: Iterable[tuple[str, torch.nn.Parameter]]) -> list[str]:
+    """Names of parameters whose gradient has a NaN/Inf (one host sync when all are finite)."""
+    named = [(name, p.grad) for name, p in named_params if p.grad is not None]
+    if not named:
+        return []
+    norms = torch._foreach_norm([grad for _, grad in named])
+    if bool(torch.stack([n.float() for n in norms]).isfinite().all()):
+        return []
+    return [name for (name, _), norm in zip(named, norms, strict=True) if not math.isfinite(float(norm))]
+
+
+class DivergenceGuard(Callback):
+    """After each backward, before the optimiser step: stop on a non-finite student gradient.
+
+    Lightning calls ``on_before_optimizer_step`` from ``optimizer.step()`` under manual optimisation
+    too, so the weights are still those of the last good step. On divergence the guard saves
+    ``<dirpath>/postmortem-step<N>.ckpt`` (full trainer state plus a ``divergence`` record),
+    leaves ``last.ckpt`` alone and raises :class:`DivergenceError` naming stage, step and images.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike, stage: str = "") -> None:
+        self.dirpath = Path(dirpath)
+        self.stage = stage
+        self._names: list[str] = []
+        self._record: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._names = batch_names(batch)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer) -> None:
+        student = getattr(module, "student", module)
+        bad = non_finite_parameters(student.named_parameters())
+        if not bad:
+            return
+        step = int(trainer.global_step)
+        stage = self.stage or getattr(module, "stage_name", type(module).__name__)
+        self._record = {"stage": stage, "step": step, "batch": list(self._names), "parameters": bad[:20]}
+        path = self.dirpath / f"postmortem-step{step}.ckpt"
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._record = None
+        message = (
+            f"stage={stage} diverged at step {step}: non-finite gradients in {len(bad)} parameter tensors "
+            f"(first: {bad[0]}); batch images: {', '.join(self._names) or '?'}. Post-mortem checkpoint: {path}; "
+            "the last good checkpoint is last.ckpt — lower the learning rate or check those images, then resume=true"
+        )
+        log.error("%s", message)
+        raise DivergenceError(message)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
+        if self._record is not None:
+            checkpoint["divergence"] = dict(self._record)
+
+
+# ---------------------------------------------------------------------- distributed helpers
+def distributed_world() -> tuple[int, int]:
+    """(world size, rank) of an initialised process group, else (1, 0)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def is_rank_zero() -> bool:
+    """Rank 0 of the process group, or — before Lightning starts one — by the launcher's env (RANK…)."""
+    world, rank = distributed_world()
+    if world > 1:
+        return rank == 0
+    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
+
+
+def rank_split(
+    model: torch.nn.Module, loader: DataLoader, out_dir: str | os.PathLike, easy_ratio: float = 0.3, device="cpu"
+) -> Path:
+    """:func:`atp.stages.ranking.make_split`, sharded over ``torch.distributed`` ranks.
+
+    Rank ``r`` of ``w`` scores images ``r, r+w, …`` of the loader's dataset (no padding), the
+    ``(name, score)`` lists are all-gathered, rank 0 writes the split, and all ranks meet at a
+    barrier before anyone reads it. Without a process group this is the single-process ranking.
+    """
+    world, rank = distributed_world()
+    if world > 1:
+        shard = Subset(loader.dataset, range(rank, len(loader.dataset), world))
+        loader = DataLoader(shard, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+                            collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+    names, scores = rank_target_images(model, loader, device)
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (names, scores))
+        names = [n for part_names, _ in gathered for n in part_names]
+        scores = [s for _, part_scores in gathered for s in part_scores]
+    out_dir = Path(out_dir)
+    failure = None
+    if rank == 0:
+        try:
+            _write_ranked(names, scores, out_dir, easy_ratio)
+        except RuntimeError as err:
+            failure = str(err)
+    if world > 1:
+        status = [failure]
+        dist.broadcast_object_list(status, src=0)
+        failure = status[0]
+        dist.barrier()
+    if failure:
+        raise RuntimeError(failure)
+    return out_dir
+
+
+def _write_ranked(names: list[str], scores: list[float], out_dir: Path, easy_ratio: float) -> None:
+    if not names:
+        raise RuntimeError("entropy ranking found no target-train images; check the dataset with atp.data.check")
+    if len(set(names)) != len(names):
+        raise RuntimeError("entropy ranking scored an image twice; the rank shards overlap")
+    easy, hard = split_easy_hard(names, scores, easy_ratio=easy_ratio)
+    if not easy or not hard:
+        raise RuntimeError(f"the easy/hard split of {len(names)} images with easy_ratio={easy_ratio} leaves one side empty")
+    write_split(out_dir, easy, hard, scores=dict(zip(names, scores, strict=True)))
+    log.info("entropy ranking: %d easy / %d hard images → %s", len(easy), len(hard), out_dir)
+
+
+def wait_for_split(out_dir: str | os.PathLike, timeout_s: float = 3600.0, poll_s: float = 1.0) -> Path:
+    """Wait until rank 0 has written ``easy.txt`` and ``hard.txt`` (ranks started without a process group)."""
+    out_dir = Path(out_dir)
+    deadline = time.monotonic() + timeout_s
+    while not ((out_dir / "easy.txt").is_file() and (out_dir / "hard.txt").is_file()):
+        if time.monotonic() > deadline:
+            raise UserError(f"rank 0 did not write the easy/hard split to {out_dir} within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+    return out_dir

@@ -1,0 +1,67 @@
+"""``atp.evaluate`` on a checkpoint in the authors' UDA format, on the toy target val."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from atp.evaluate import evaluate
+from tests.stage_helpers import CONF_DIR
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def uda_checkpoint(tmp_path_factory) -> Path:
+    """A random MiT-B5 ATP UDA checkpoint ({'state_dict': model.* / ema_model.*, 'meta'}) from the manifest."""
+    keys = json.loads((FIXTURES / "atp_uda_checkpoint.json").read_text())["keys"]
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in keys.items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(0, dtype=torch.int64)
+        elif name.endswith("running_var"):
+            state[name] = torch.ones(shape)
+        else:
+            state[name] = torch.randn(shape, generator=generator) * 0.02
+    path = tmp_path_factory.mktemp("uda") / "atp_uda.pth"
+    torch.save({"state_dict": state, "meta": {"iter": 40000, "seed": 76}}, path)
+    yield path
+    path.unlink()
+
+
+def _labelled_val_pixels(data_dir: Path) -> int:
+    """Pixels of the toy val labels whose Cityscapes id maps to a train id (counted from the files)."""
+    import cv2
+
+    from atp.data.labels import CITYSCAPES_LUT
+
+    files = sorted((data_dir / "toy" / "cityscapes" / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))
+    assert len(files) == 4
+    return sum(int((CITYSCAPES_LUT[cv2.imread(str(f), cv2.IMREAD_UNCHANGED)] != 255).sum()) for f in files)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["student", "teacher"])
+def test_evaluate_writes_metrics_and_plots(uda_checkpoint, data_toy_root, tmp_path, weights):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[
+            f"ckpt={uda_checkpoint}", "model=mitb5", "dataset=toy", f"paths.data_dir={data_toy_root}",
+            "dataset.scale=[64,32]", "dataset.toy.n_source=12", "dataset.toy.n_target=8", "dataset.toy.n_val=4",
+            "dataset.toy.size=[64,32]", "data.num_workers=0", "data.val_batch_size=2", f"weights={weights}",
+            f"output_dir={tmp_path}", "num_vis=2", "device=cpu",
+        ])
+    result = evaluate(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["weights"] == weights
+    assert 0.0 <= metrics["mIoU"]["all19"] <= 100.0
+    assert len(metrics["per_class_iou"]) == 19
+    matrix = torch.tensor(metrics["confusion_matrix"])
+    assert matrix.shape == (19, 19)
+    assert int(matrix.sum()) == _labelled_val_pixels(data_toy_root)
+    assert result["mIoU"] == metrics["mIoU"]
+    for name in ("per_class_iou.png", "confusion_matrix.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert len(list((tmp_path / "predictions").glob("*.png"))) == 2
