@@ -36,6 +36,9 @@ def make_wandb_logger(
     """A Lightning ``WandbLogger``; offline (files under ``save_dir/wandb``, syncable later) by default."""
     from pytorch_lightning.loggers import WandbLogger
 
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY"):
+        if os.environ.get(name) == "":  # an empty variable is invalid for wandb; treat it as unset
+            del os.environ[name]
     resolved = wandb_mode(mode)
     os.environ.setdefault("WANDB_SILENT", "true")
     if resolved == "offline":

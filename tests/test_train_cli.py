@@ -1,0 +1,86 @@
+"""``python -m atp.train`` as users run it: a multirun chain, W&B offline, and early clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.stage_helpers import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train(*args: str, env: dict | None = None, drop_env: tuple = (), timeout: int = 600):
+    environment = {k: v for k, v in os.environ.items() if k not in drop_env}
+    environment.update({"HYDRA_FULL_ERROR": "0", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "atp.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env=environment,
+    )
+
+
+def _tiny(data_dir: Path, out: Path) -> list[str]:
+    return [*TINY, f"paths.data_dir={data_dir}", f"paths.output_dir={out}", "trainer.max_steps=3",
+            "trainer.val_check_interval=3"]
+
+
+@pytest.mark.slow
+def test_multirun_chain_hands_weights_from_stage_to_stage(data_toy_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _train("-m", "stage=source,align,teach,propagate", *_tiny(data_toy_root, tmp_path / "out"),
+                    f"hydra.sweep.dir={sweep}", "per_stage.propagate.stage.module.scl.start_step=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifests = {}
+    for path in sweep.glob("*/manifest.json"):
+        manifest = json.loads(path.read_text())
+        manifests[manifest["stage"]] = (manifest, path.parent)
+    assert set(manifests) == {"source", "align", "teach", "propagate"}
+    assert all(m["status"] == "complete" for m, _ in manifests.values())
+    assert manifests["source"][0]["init_from"] is None
+    for stage, previous in (("align", "source"), ("teach", "align"), ("propagate", "teach")):
+        expected = (manifests[previous][1] / "checkpoints" / "final.ckpt").resolve()
+        assert manifests[stage][0]["init_from"] == str(expected), stage
+    keys = {m["chain_key"] for m, _ in manifests.values()}
+    assert len(keys) == 1
+    results = (sweep / "results.md").read_text()
+    for stage in ("source", "align", "teach", "propagate"):
+        assert f"| {stage} | toy |" in results
+    assert (sweep / "miou_over_steps.png").is_file()
+    assert json.loads((sweep / "results.json").read_text())[-1]["stage"] == "propagate"
+
+
+@pytest.mark.slow
+def test_wandb_logger_runs_offline_without_account(data_toy_root, tmp_path):
+    run_dir = tmp_path / "run"
+    # no account: no API key, no ~/.netrc, no mode forced from outside
+    result = _train("stage=source", *_tiny(data_toy_root, tmp_path / "out"), "logger=wandb",
+                    f"hydra.run.dir={run_dir}", env={"HOME": str(tmp_path)},
+                    drop_env=("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert any(offline_runs[0].glob("*.wandb")) or any(offline_runs[0].rglob("*.wandb"))
+
+
+def test_stage_without_predecessor_stops_early_with_the_command(data_toy_root, tmp_path):
+    result = _train("stage=teach", *_tiny(data_toy_root, tmp_path / "empty"), f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert "python -m atp.train stage=align dataset=toy" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_stage_lists_the_choices(tmp_path):
+    result = _train("stage=alignn", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "alignn" in result.stderr and "teach" in result.stderr and "propagate" in result.stderr
+
+
+def test_missing_init_checkpoint_is_one_clear_line(data_toy_root, tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    result = _train("stage=align", *_tiny(data_toy_root, tmp_path / "out"), f"init_from={missing}",
+                    f"hydra.run.dir={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "Traceback" not in result.stderr
