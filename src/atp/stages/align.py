@@ -29,22 +29,27 @@ class AlignStage(TeacherStage):
         div_alpha: float = 3.0,
         div_bug_compat: bool = False,
         freeze_decoder: bool = False,
-        freeze_decoder_bn: bool = False,
+        freeze_decoder_bn: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.cel_weight, self.cel_gamma = cel_weight, cel_gamma
         self.div_weight, self.div_alpha, self.div_bug_compat = div_weight, div_alpha, div_bug_compat
         self.freeze_decoder = freeze_decoder
-        self.freeze_decoder_bn = freeze_decoder or freeze_decoder_bn
+        # None: decoder BN follows freeze_decoder; false with a frozen decoder = AdaBN-style
+        # re-estimation of the decoder's BN statistics on target batches.
+        self.freeze_decoder_bn = freeze_decoder if freeze_decoder_bn is None else freeze_decoder_bn
         if freeze_decoder:
             self.student.decode_head.requires_grad_(False)
 
-    def on_train_epoch_start(self) -> None:
-        if self.freeze_decoder_bn:
+    def train(self, mode: bool = True):
+        """Lightning switches modes around validation; frozen decoder BN stays in eval mode throughout."""
+        super().train(mode)
+        if mode and self.freeze_decoder_bn:
             for module in self.student.decode_head.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        return self
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self.begin_step()
