@@ -6,11 +6,12 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from atp.atomic import atomic_write_json
 
 STAGE_ORDER = ("source", "align", "teach", "propagate")
 PREDECESSORS: dict[str, tuple[str, ...]] = {
@@ -27,26 +28,6 @@ _NOT_CHAIN_KEYS = ("stage", "init_from", "init_which", "ckpt_path", "resume", "s
 
 class HandOffError(RuntimeError):
     """A stage cannot find or use what the previous stage should have produced."""
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory, fsync and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -31,6 +30,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Subset
 
 from atp.adaptation import split_easy_hard, write_split
+from atp.atomic import atomic_write
 from atp.runner import UserError
 from atp.stages.ranking import rank_target_images
 
@@ -89,21 +89,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            atomic_write(path, lambda handle: self.write(checkpoint, handle))
         except OSError as err:
             raise self._error(path, err) from err
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                self.write(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                raise self._error(path, err) from err
-            raise
         _fsync_directory(path.parent)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict[str, Any]:

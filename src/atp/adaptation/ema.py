@@ -32,8 +32,9 @@ class EMATeacher(nn.Module):
     `teacher.model.*`. Its parameters never require grad; keep them out of the optimiser.
     """
 
-    def __init__(self, student: nn.Module) -> None:
+    def __init__(self, student: nn.Module, bn_train_mode: bool = True) -> None:
         super().__init__()
+        self.bn_train_mode = bn_train_mode
         self.model = copy.deepcopy(student)
         for param in self.model.parameters():
             param.requires_grad_(False)
@@ -63,14 +64,16 @@ class EMATeacher(nn.Module):
 
     @contextmanager
     def teacher_mode(self) -> Iterator[nn.Module]:
-        """No grad, BN (and every other layer) in train mode, dropout and drop-path off; restores modes.
+        """No grad, BN in train mode (batch statistics; eval mode when ``bn_train_mode`` is false),
+        dropout and drop-path off; restores modes.
 
         Yields the wrapped model, e.g. `with teacher.teacher_mode() as net: feats = net.extract(x)`.
         """
         saved = [(module, module.training) for module in self.model.modules()]
         try:
             for module, _ in saved:
-                module.training = not is_stochastic_layer(module)
+                is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+                module.training = not is_stochastic_layer(module) and (self.bn_train_mode or not is_bn)
             with torch.no_grad():
                 yield self.model
         finally:

@@ -5,16 +5,14 @@ This module imports no torch, so the worker processes start quickly.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from atp.atomic import atomic_write_json
 from atp.data.io import (
     DataFileError,
     bad_values_message,
@@ -104,16 +102,7 @@ def run_jobs(
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON under a temporary name in the same folder, then ``os.replace`` it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data, indent=1)
 
 
 def unique(items: Iterable[Any]) -> list[Any]:

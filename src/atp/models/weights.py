@@ -22,7 +22,6 @@ import functools
 import os
 import pickle
 import re
-import tempfile
 import typing
 import warnings
 import zipfile
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from atp.atomic import atomic_write
 
 __all__ = [
     "CONVERTED_FORMAT",
@@ -280,18 +281,7 @@ def save_converted(path: str | os.PathLike, checkpoint: Checkpoint | Mapping[str
     _require_tensors(path, state)
     payload = {"format": CONVERTED_FORMAT, "format_version": 1, **info,
                "state_dict": {key: _own_storage(value) for key, value in state.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def _own_storage(tensor: torch.Tensor) -> torch.Tensor:

@@ -40,10 +40,11 @@ class TeacherStage(SegStage):
         crop: Mapping | None = None,
         ema_alpha: float = 0.999,
         conf_threshold: float = 0.968,
+        teacher_bn_train: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        self.teacher = EMATeacher(self.student)
+        self.teacher = EMATeacher(self.student, bn_train_mode=teacher_bn_train)
         self.ema_alpha = ema_alpha
         self.conf_threshold = conf_threshold
         aug = dict(_plain(strong_aug) or {})
