@@ -6,6 +6,7 @@ import time
 import pytest
 
 from atp import pipeline
+from atp.atomic import atomic_write_json
 
 
 def _finished_run(root, name, stage, dataset="toy", model="mit_b0", seed=76, key="k", finished=None):
@@ -66,14 +67,14 @@ def test_unfinished_run_is_not_a_predecessor(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "manifest.json"
-    pipeline.atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 1})
 
     class Boom:
         def __str__(self):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        pipeline.atomic_write_json(target, {"a": Boom()})
+        atomic_write_json(target, {"a": Boom()})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 

@@ -22,12 +22,18 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 STAGES = ("source", "align", "teach", "propagate")
 
 
-def evaluate_stage(ckpt: Path, out_dir: Path, overrides: list[str]) -> dict:
-    """``atp.evaluate`` of one checkpoint (in-process, same config tree)."""
+def evaluate_stage(ckpt: Path, out_dir: Path, train_cfg) -> dict:
+    """``atp.evaluate`` of one checkpoint (in-process) with the model/data config the demo trained with."""
+    from omegaconf import open_dict
+
     from atp.evaluate import evaluate
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[f"ckpt={ckpt}", f"output_dir={out_dir}", *overrides])
+        cfg = compose("evaluate", overrides=[f"ckpt={ckpt}", f"output_dir={out_dir}"])
+    with open_dict(cfg):
+        for key in ("model", "dataset", "paths", "data"):
+            cfg[key] = train_cfg[key]
+        cfg.data.num_workers = 0
     return evaluate(cfg, out_dir)
 
 
@@ -35,26 +41,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help="sweep directory (default outputs/demo/<time>)")
     parser.add_argument("--experiment", default="toy_cpu", help="recipe under conf/experiment/")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate the stages already in --out")
     parser.add_argument("overrides", nargs="*", help="extra atp.train overrides")
     args = parser.parse_args(argv)
     out = Path(args.out or f"outputs/demo/{time.strftime('%Y-%m-%d_%H-%M-%S')}").resolve()
     started = time.time()
     command = [sys.executable, "-m", "atp.train", "-m", f"experiment={args.experiment}",
                f"stage={','.join(STAGES)}", f"hydra.sweep.dir={out}", *args.overrides]
-    print("$", " ".join(command[1:]), flush=True)
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        print(f"demo: the training sweep failed (exit {result.returncode}); see the log above", file=sys.stderr)
-        return result.returncode
+    if not args.eval_only:
+        print("$", " ".join(command[1:]), flush=True)
+        result = subprocess.run(command)
+        if result.returncode != 0:
+            print(f"demo: the training sweep failed (exit {result.returncode}); see the log above", file=sys.stderr)
+            return result.returncode
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         train_cfg = compose("train", overrides=[f"experiment={args.experiment}", *args.overrides])
-    eval_overrides = [f"model={train_cfg.model.encoder.replace('_', '')}", f"dataset={train_cfg.dataset.name}",
-                      f"paths.data_dir={train_cfg.paths.data_dir}", "data.num_workers=0"]
     rows = []
     for manifest in collect(out):
         ckpt = pipeline.manifest_checkpoint(manifest)
-        result = evaluate_stage(ckpt, Path(manifest["_dir"]) / "eval", eval_overrides)
+        result = evaluate_stage(ckpt, Path(manifest["_dir"]) / "eval", train_cfg)
         rows.append((manifest["stage"], result["mIoU"]["all19"], result["pixel_acc"], Path(manifest["_dir"]) / "eval"))
     write_summary(out)
     minutes = (time.time() - started) / 60

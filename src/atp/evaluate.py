@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm import tqdm
 
+from atp.atomic import atomic_write_json
 from atp.data import build_datamodule
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE
 from atp.inference import acdc_class_prior_weights, segment_probs
 from atp.metrics import SUBSETS, iou_per_class, mean_iou
 from atp.models.weights import CheckpointError, load_into, read_checkpoint
-from atp.pipeline import atomic_write_json
 
 log = logging.getLogger("atp.evaluate")
 

@@ -164,11 +164,13 @@ def build_module(cfg: DictConfig, model: torch.nn.Module) -> pl.LightningModule:
     )
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None) -> list:
+def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, resuming: bool = False) -> list:
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
         logger_cfg.pop("image_interval", None)
+        if name == "csv" and resuming:  # a resumed run logs beside, not over, what was logged before
+            logger_cfg["version"] = f"resumed-{time.strftime('%Y%m%d-%H%M%S')}"
         if name == "wandb":
             logger_cfg["group"] = logger_cfg.get("group") or (
                 f"{cfg.dataset.name}-{sweep_dir.name}" if sweep_dir else f"{cfg.dataset.name}-{run_dir.name}"
@@ -246,7 +248,7 @@ def run_stage(
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar(leave=True))
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=build_loggers(cfg, run_dir, sweep_dir) or False,
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=build_loggers(cfg, run_dir, sweep_dir, resuming=resume_path is not None) or False,
                           default_root_dir=str(run_dir),
                           plugins=[reliability.AtomicCheckpointIO()])  # [reliability] atomic checkpoint files
     log.info("stage=%s dataset=%s: %s; run dir %s", stage, cfg.dataset.name, init_note, run_dir)

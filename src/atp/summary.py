@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atp import pipeline
+from atp.atomic import atomic_write_json, atomic_write_text
 
 _ORDER = {name: i for i, name in enumerate(("source", "distill", "align", "teach", "propagate"))}
 
@@ -73,8 +74,8 @@ def write_summary(root: str | Path) -> Path:
     text = f"# ATP results — {root}\n\n{table}\n"
     if plot is not None:
         text += f"\n![target-val mIoU over steps]({plot.name})\n"
-    pipeline.atomic_write_text(root / "results.md", text)
+    atomic_write_text(root / "results.md", text)
     rows = [{k: v for k, v in m.items() if k in ("stage", "dataset", "model", "seed", "steps", "metrics", "status",
                                                   "history", "final_ckpt", "_dir")} for m in manifests]
-    pipeline.atomic_write_json(root / "results.json", rows)
+    atomic_write_json(root / "results.json", rows)
     return root / "results.md"
