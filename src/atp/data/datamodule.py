@@ -255,26 +255,10 @@ class SegDataModule(pl.LightningDataModule):
         self._restored_positions = {k: int(v) for k, v in state_dict.get("samples_consumed", {}).items()}
 
 
-def build_datamodule(
-    dataset_cfg: DictConfig | Mapping[str, Any],
-    mode: str,
-    batch_size: int = 2,
-    val_batch_size: int = 1,
-    num_workers: int = 4,
-    seed: int = 0,
-    split_dir: str | Path | None = None,
-    pin_memory: bool = True,
-    persistent_workers: bool = True,
-) -> SegDataModule:
-    """Build the :class:`SegDataModule` of ``mode`` for a ``dataset`` config (kwargs as in a ``data:`` group)."""
-    return SegDataModule(
-        dataset_cfg,
-        mode,
-        batch_size=batch_size,
-        val_batch_size=val_batch_size,
-        num_workers=num_workers,
-        seed=seed,
-        split_dir=split_dir,
-        pin_memory=pin_memory,
-        persistent_workers=persistent_workers,
-    )
+def build_datamodule(dataset_cfg: DictConfig | Mapping[str, Any], mode: str, **loader_options: Any) -> SegDataModule:
+    """Build the :class:`SegDataModule` of ``mode`` for a ``dataset`` config.
+
+    ``loader_options`` are those of a ``data:`` group (batch_size, val_batch_size, num_workers, seed,
+    split_dir, pin_memory, persistent_workers).
+    """
+    return SegDataModule(dataset_cfg, mode, **loader_options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ def _pick_label(
     return folder / expected, raw_encoding if raw_name is not None else "train_ids", False
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(Dataset, ABC):
     """Shared loading logic; subclasses define the layout.
 
     Args:
@@ -138,21 +139,21 @@ class SegmentationDataset(Dataset):
             self.transform = build_eval_transform(self.scale)
 
     # ----------------------------------------------------------------- layout (subclasses)
+    @abstractmethod
     def image_dirs(self) -> list[Path]:
         """Folders holding this split's images."""
-        raise NotImplementedError
 
+    @abstractmethod
     def label_dirs(self) -> list[Path]:
         """Folders holding this split's labels."""
-        raise NotImplementedError
 
     def required_dirs(self) -> list[Path]:
         """Folders that must exist: the image folders, and the label folders when labelled."""
         return self.image_dirs() + (self.label_dirs() if self.labelled else [])
 
+    @abstractmethod
     def scan(self) -> list[SampleFiles]:
         """All samples of this split found on disk, sorted by name (labels looked up, not opened)."""
-        raise NotImplementedError
 
     def label_conversions(self) -> list[tuple[Path, Path, str]]:
         """``(raw label, train-id label, raw encoding)`` pairs ``prepare`` should write."""
