@@ -40,7 +40,10 @@ class TeachStage(TeacherStage):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self.begin_step()
         self.update_teacher()
-        pseudo = self.pseudo_label(batch["img"], keep_probs=self.neg_source == "teacher")
+        pseudo = self.pseudo_label(
+            batch["img"], keep_probs=self.neg_source == "teacher",
+            confidence=self.pos_threshold is not None or self.should_log(),  # q is only logged in Teach
+        )
         labels = pseudo.labels
         if self.pos_threshold is not None:
             labels = labels.masked_fill(pseudo.confidence < self.pos_threshold, IGNORE_INDEX)

@@ -65,10 +65,15 @@ class TeacherStage(SegStage):
         return size is not None and (images.shape[-2] > size[0] or images.shape[-1] > size[1])
 
     @torch.no_grad()
-    def pseudo_label(self, images: torch.Tensor, keep_probs: bool = False) -> PseudoLabels:
-        """Teacher pseudo-labels on weak images; larger inputs get the class-balanced crop (spec §2.6)."""
+    def pseudo_label(self, images: torch.Tensor, keep_probs: bool = False, confidence: bool = True) -> PseudoLabels:
+        """Teacher pseudo-labels on weak images; larger inputs get the class-balanced crop (spec §2.6).
+
+        ``confidence=False`` skips the full-resolution softmax when neither the per-pixel confidence
+        nor the quality ``q`` is used this step (``confidence``/``quality`` are then None).
+        """
+        need_confidence = confidence
         logits = self.teacher(images)
-        labels, confidence, quality, probs = self._labels_of(logits, images.shape[-2:], keep_probs)
+        labels, confidence, quality, probs = self._labels_of(logits, images.shape[-2:], keep_probs, need_confidence)
         if self.needs_crop(images):
             size = tuple(self.crop_cfg["size"])
             box = class_balanced_crop_box(
@@ -83,14 +88,20 @@ class TeacherStage(SegStage):
             images = crop(images, box, size)
             if self.crop_cfg.get("regen_pseudo", True):
                 logits = self.teacher(images)
-                labels, confidence, quality, probs = self._labels_of(logits, images.shape[-2:], keep_probs)
+                labels, confidence, quality, probs = self._labels_of(
+                    logits, images.shape[-2:], keep_probs, need_confidence
+                )
             else:
-                labels, confidence = crop(labels, box, size), crop(confidence, box, size)
-                quality = (confidence >= self.conf_threshold).float().mean()
+                labels = crop(labels, box, size)
+                if confidence is not None:
+                    confidence = crop(confidence, box, size)
+                    quality = (confidence >= self.conf_threshold).float().mean()
                 probs = None if probs is None else crop(probs, box, size)
         return PseudoLabels(images, labels, confidence, quality, probs)
 
-    def _labels_of(self, logits: torch.Tensor, size, keep_probs: bool):
+    def _labels_of(self, logits: torch.Tensor, size, keep_probs: bool, need_confidence: bool = True):
+        if not (need_confidence or keep_probs):  # argmax of the logits = argmax of the probabilities
+            return self.upsample(logits, size).argmax(dim=1), None, None, None
         labels, confidence, quality = pseudo_labels_from_logits(logits, size=size, conf_threshold=self.conf_threshold)
         probs = self.upsample(logits, size).softmax(dim=1) if keep_probs else None
         return labels, confidence, quality, probs
