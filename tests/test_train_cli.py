@@ -1,6 +1,7 @@
 """``python -m atp.train`` as users run it: a multirun chain, W&B offline, and early clear errors."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -84,3 +85,22 @@ def test_missing_init_checkpoint_is_one_clear_line(data_toy_root, tmp_path):
                     f"hydra.run.dir={tmp_path / 'r'}")
     assert result.returncode == 2
     assert str(missing) in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_chain_job_runs_all_stages_and_skips_them_when_rerun(data_toy_root, tmp_path):
+    job = tmp_path / "job"
+    args = ["stage=chain", *_tiny(data_toy_root, tmp_path / "out"), f"hydra.run.dir={job}"]
+    first = _train(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stages = [json.loads((job / d / "manifest.json").read_text())["stage"]
+              for d in ("0_source", "1_align", "2_teach", "3_propagate")]
+    assert stages == ["source", "align", "teach", "propagate"]
+    align = json.loads((job / "1_align" / "manifest.json").read_text())
+    assert align["init_from"] == str((job / "0_source" / "checkpoints" / "final.ckpt").resolve())
+    before = (job / "3_propagate" / "checkpoints" / "final.ckpt").stat().st_mtime_ns
+    second = _train(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert re.findall(r"chain: (\w+) already finished in .*, skipping", (job / "train.log").read_text()) == [
+        "source", "align", "teach", "propagate"]
+    assert (job / "3_propagate" / "checkpoints" / "final.ckpt").stat().st_mtime_ns == before
