@@ -1,8 +1,8 @@
 """``python -m atp.train`` as users run it: a multirun chain, W&B offline, and early clear errors."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
