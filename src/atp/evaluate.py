@@ -25,7 +25,7 @@ from atp.data import build_datamodule
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE
 from atp.inference import acdc_class_prior_weights, segment_probs
 from atp.metrics import SUBSETS, iou_per_class, mean_iou
-from atp.models.weights import CheckpointError, load_into, read_checkpoint
+from atp.models.weights import CheckpointError, load_segmentor, read_checkpoint
 
 log = logging.getLogger("atp.evaluate")
 
@@ -83,10 +83,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     ckpt = Path(str(cfg.ckpt)).expanduser()
     state = read_checkpoint(ckpt, which=cfg.weights, trust=cfg.trust_checkpoints)
     model = instantiate(cfg.model)
-    parts = tuple(p for p in ("encoder", "decode_head") if any(k.startswith(p + ".") for k in state))
-    if parts != ("encoder", "decode_head"):
-        raise CheckpointError(f"{ckpt} holds no complete segmentation model (found parts: {parts or 'none'})")
-    load_into(model, {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}, strict=True, parts=parts)
+    load_segmentor(model, state, source=str(ckpt))
     model.eval().to(device)
 
     datamodule = build_datamodule(cfg.dataset, mode="target", **OmegaConf.to_container(cfg.data, resolve=True))

@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressB
 
 from atp import pipeline
 from atp.data import build_datamodule
-from atp.models.weights import CheckpointError, load_into, read_checkpoint
+from atp.models.weights import CheckpointError, load_into, load_segmentor, read_checkpoint
 from atp.stages import STAGES, BlackBoxSource
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,9 @@ def load_initial_weights(model: torch.nn.Module, cfg: DictConfig, path: Path | N
             )
         load_into(model, state, strict=True, parts=("encoder",))
         return f"encoder from {path}"
-    parts = tuple(p for p in ("encoder", "decode_head", "proj_head") if p in prefixes and hasattr(model, p)
-                  and getattr(model, p) is not None)
     if getattr(model, "proj_head", None) is not None and "proj_head" not in prefixes:
         log.warning("%s has no projection head weights; the projection head starts from random weights", path)
-    load_into(model, state, strict=True, parts=parts)
+    parts = load_segmentor(model, state, source=str(path))
     return f"{'+'.join(parts)} from {path}"
 
 
@@ -126,8 +124,7 @@ def build_oracle(cfg: DictConfig) -> BlackBoxSource:
         raise UserError("stage=distill needs stage.module.oracle=/path/to/source_checkpoint")
     source = instantiate(cfg.model)
     state = read_checkpoint(path, which=cfg.stage.module.get("oracle_which", "student"), trust=cfg.trust_checkpoints)
-    parts = tuple(p for p in ("encoder", "decode_head") if any(k.startswith(p + ".") for k in state))
-    load_into(source, {k: v for k, v in state.items() if k.split(".", 1)[0] in parts}, strict=True, parts=parts)
+    load_segmentor(source, state, source=str(path))
     source.eval()
 
     def predict(images: torch.Tensor) -> torch.Tensor:

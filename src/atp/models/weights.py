@@ -325,6 +325,27 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: 
     return report
 
 
+SEGMENTOR_PARTS = ("encoder", "decode_head", "proj_head")
+
+
+def load_segmentor(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
+                   required: tuple[str, ...] = ("encoder", "decode_head")) -> tuple[str, ...]:
+    """Strictly load every part of a ``Segmentor`` that ``state_dict`` covers; returns those parts.
+
+    The ``required`` parts must be present (a segmentation model needs encoder and decoder); a part the
+    model has but the checkpoint lacks (e.g. the projection head) keeps its initial weights.
+    """
+    present = {name.split(".", 1)[0] for name in state_dict}
+    missing = [part for part in required if part not in present]
+    if missing:
+        raise CheckpointError(
+            f"{source} holds no {'/'.join(missing)} weights (found: {', '.join(sorted(present)) or 'nothing'})"
+        )
+    parts = tuple(p for p in SEGMENTOR_PARTS if p in present and getattr(model, p, None) is not None)
+    load_into(model, state_dict, strict=True, parts=parts)
+    return parts
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, which: str = "student",
                  parts: Iterable[str] | str | None = None, strict: bool = True, trust: bool = False) -> LoadReport:
     """``read_checkpoint`` + ``load_into``; errors name the file."""
