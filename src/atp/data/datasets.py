@@ -313,7 +313,41 @@ def index_seed(index: int) -> int:
 
 
 # ===================================================================== layouts
-class GTA5Dataset(SegmentationDataset):
+class FlatFolderDataset(SegmentationDataset):
+    """Layouts with one image folder and one label folder holding ``<stem>.png`` side by side
+    (GTA5, SYNTHIA); subclasses set the two folders and the raw label encoding."""
+
+    image_subdir: str
+    label_subdir: str
+    raw_encoding: str
+
+    def image_dirs(self) -> list[Path]:
+        return [self.root / self.image_subdir]
+
+    def label_dirs(self) -> list[Path]:
+        return [self.root / self.label_subdir]
+
+    def scan(self) -> list[SampleFiles]:
+        labels_dir = self.root / self.label_subdir
+        existing = _listing(labels_dir)
+        samples = []
+        for image in sorted((self.root / self.image_subdir).glob("*.png")):
+            label, encoding, found = _pick_label(
+                labels_dir, f"{image.stem}_labelTrainIds.png", image.name, self.raw_encoding, existing
+            )
+            samples.append(SampleFiles(f"{self.image_subdir}/{image.name}", image, label, encoding, found))
+        return samples
+
+    def label_conversions(self) -> list[tuple[Path, Path, str]]:
+        labels_dir = self.root / self.label_subdir
+        return [
+            (raw, labels_dir / f"{raw.stem}_labelTrainIds.png", self.raw_encoding)
+            for raw in sorted(labels_dir.glob("*.png"))
+            if not raw.name.endswith("_labelTrainIds.png") and not raw.name.startswith(".")
+        ]
+
+
+class GTA5Dataset(FlatFolderDataset):
     """GTA5: ``images/NNNNN.png`` + ``labels/NNNNN.png`` (Cityscapes label ids, palette PNG) or
     ``labels/NNNNN_labelTrainIds.png`` when prepared. One split (``split`` is ignored)."""
 
@@ -324,33 +358,12 @@ class GTA5Dataset(SegmentationDataset):
     )
     allow_label_size_mismatch = True
 
-    def image_dirs(self) -> list[Path]:
-        return [self.root / "images"]
-
-    def label_dirs(self) -> list[Path]:
-        return [self.root / "labels"]
-
-    def scan(self) -> list[SampleFiles]:
-        labels_dir = self.root / "labels"
-        existing = _listing(labels_dir)
-        samples = []
-        for image in sorted((self.root / "images").glob("*.png")):
-            label, encoding, found = _pick_label(
-                labels_dir, f"{image.stem}_labelTrainIds.png", image.name, "cityscapes_ids", existing
-            )
-            samples.append(SampleFiles(f"images/{image.name}", image, label, encoding, found))
-        return samples
-
-    def label_conversions(self) -> list[tuple[Path, Path, str]]:
-        labels_dir = self.root / "labels"
-        return [
-            (raw, labels_dir / f"{raw.stem}_labelTrainIds.png", "cityscapes_ids")
-            for raw in sorted(labels_dir.glob("*.png"))
-            if not raw.name.endswith("_labelTrainIds.png") and not raw.name.startswith(".")
-        ]
+    image_subdir = "images"
+    label_subdir = "labels"
+    raw_encoding = "cityscapes_ids"
 
 
-class SynthiaDataset(SegmentationDataset):
+class SynthiaDataset(FlatFolderDataset):
     """SYNTHIA-RAND-CITYSCAPES: ``RGB/NNNNNNN.png`` + ``GT/LABELS/NNNNNNN.png`` (16-bit, 3 channels,
     class id in the red channel) or ``GT/LABELS/NNNNNNN_labelTrainIds.png`` when prepared."""
 
@@ -360,30 +373,9 @@ class SynthiaDataset(SegmentationDataset):
         "download SYNTHIA-RAND-CITYSCAPES (synthia-dataset.net) so that {root}/RGB and {root}/GT/LABELS exist"
     )
 
-    def image_dirs(self) -> list[Path]:
-        return [self.root / "RGB"]
-
-    def label_dirs(self) -> list[Path]:
-        return [self.root / "GT" / "LABELS"]
-
-    def scan(self) -> list[SampleFiles]:
-        labels_dir = self.root / "GT" / "LABELS"
-        existing = _listing(labels_dir)
-        samples = []
-        for image in sorted((self.root / "RGB").glob("*.png")):
-            label, encoding, found = _pick_label(
-                labels_dir, f"{image.stem}_labelTrainIds.png", image.name, "synthia_ids", existing
-            )
-            samples.append(SampleFiles(f"RGB/{image.name}", image, label, encoding, found))
-        return samples
-
-    def label_conversions(self) -> list[tuple[Path, Path, str]]:
-        labels_dir = self.root / "GT" / "LABELS"
-        return [
-            (raw, labels_dir / f"{raw.stem}_labelTrainIds.png", "synthia_ids")
-            for raw in sorted(labels_dir.glob("*.png"))
-            if not raw.name.endswith("_labelTrainIds.png") and not raw.name.startswith(".")
-        ]
+    image_subdir = "RGB"
+    label_subdir = "GT/LABELS"
+    raw_encoding = "synthia_ids"
 
 
 class CityscapesDataset(SegmentationDataset):
