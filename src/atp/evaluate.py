@@ -22,19 +22,12 @@ from tqdm import tqdm
 
 from atp.atomic import atomic_write_json
 from atp.data import build_datamodule
-from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE
+from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
 from atp.inference import acdc_class_prior_weights, segment_probs
 from atp.metrics import SUBSETS, iou_per_class, mean_iou
 from atp.models.weights import CheckpointError, load_segmentor, read_checkpoint
 
 log = logging.getLogger("atp.evaluate")
-
-
-def colourise(labels: np.ndarray) -> np.ndarray:
-    """Train ids (H, W) → RGB image with the Cityscapes palette (ignore = black)."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(PALETTE)] = np.asarray(PALETTE, dtype=np.uint8)
-    return palette[labels.astype(np.uint8)]
 
 
 def plot_per_class(ious: list[float], names: list[str], path: Path, title: str) -> None:

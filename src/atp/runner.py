@@ -15,7 +15,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 
-from atp import pipeline
+from atp import pipeline, wandb_panels
 from atp.data import build_datamodule
 from atp.models.weights import CheckpointError, load_into, load_segmentor, read_checkpoint
 from atp.stages import STAGES, BlackBoxSource
@@ -165,7 +165,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, resumi
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
-        logger_cfg.pop("image_interval", None)
+        for key in wandb_panels.PANEL_KEYS:  # read by the W&B panels callback, not by the logger
+            logger_cfg.pop(key, None)
         if name == "csv" and resuming:  # a resumed run logs beside, not over, what was logged before
             logger_cfg["version"] = f"resumed-{time.strftime('%Y%m%d-%H%M%S')}"
         if name == "wandb":
@@ -244,8 +245,12 @@ def run_stage(
     ]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar(leave=True))
+    loggers = build_loggers(cfg, run_dir, sweep_dir, resuming=resume_path is not None)
+    panels = wandb_panels.attach(loggers, OmegaConf.select(cfg, "logger.wandb"))
+    if panels is not None:
+        callbacks.append(panels)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=build_loggers(cfg, run_dir, sweep_dir, resuming=resume_path is not None) or False,
+    trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
                           default_root_dir=str(run_dir),
                           plugins=[reliability.AtomicCheckpointIO()])  # [reliability] atomic checkpoint files
     log.info("stage=%s dataset=%s: %s; run dir %s", stage, cfg.dataset.name, init_note, run_dir)
@@ -267,6 +272,8 @@ def run_stage(
     )
     if trainer.is_global_zero:  # [reliability]
         pipeline.write_manifest(run_dir, manifest)
+        if panels is not None:
+            panels.end_stage(run_dir, manifest)
     return manifest
 
 

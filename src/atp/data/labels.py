@@ -21,6 +21,14 @@ CLASS_NAMES: tuple[str, ...] = tuple(lb.name for lb in _TRAIN_LABELS)
 #: RGB colour per train id (for visualisation).
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(tuple(lb.color) for lb in _TRAIN_LABELS)
 
+
+def colourise(labels: np.ndarray) -> np.ndarray:
+    """Train ids (H, W) → RGB image with the Cityscapes palette (ignore = black)."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(PALETTE)] = np.asarray(PALETTE, dtype=np.uint8)
+    return palette[labels.astype(np.uint8)]
+
+
 #: 256×3 uint8 colour table indexed by Cityscapes label id (the palette of GTA5's indexed label PNGs).
 LABEL_ID_PALETTE = np.zeros((256, 3), np.uint8)
 for _lb in _cityscapes_labels:

@@ -19,6 +19,7 @@ class AlignStage(TeacherStage):
     """
 
     stage_name = "align"
+    teaches_with_pseudo_labels = False
 
     def __init__(
         self,

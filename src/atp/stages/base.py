@@ -141,10 +141,14 @@ class SegStage(pl.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         torch.manual_seed(self.seed * 7_919 + self.global_step)
+        # Fixed for the whole step: the optimiser step in the middle advances global_step, and what a
+        # step computes for logging must match whether it logs.
+        self._log_this_step = (self.global_step + 1) % self.log_interval == 0
 
     # ------------------------------------------------------------------ logging
     def should_log(self) -> bool:
-        return self.global_step % self.log_interval == 0
+        """Whether the current training step logs (every ``log_interval`` steps, counted after the step)."""
+        return getattr(self, "_log_this_step", False)
 
     def log_terms(self, terms: Mapping[str, torch.Tensor | float]) -> None:
         """Log scalars under ``train/`` at the logging interval only (a host sync happens there)."""
@@ -156,19 +160,20 @@ class SegStage(pl.LightningModule):
         self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, batch_size=1)
 
     # ------------------------------------------------------------------ evaluation
+    def inference_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``atp.inference.segment``/``segment_probs``: mode, TTA, class prior."""
+        cfg = self.eval_cfg
+        return {
+            "mode": cfg.get("mode", "whole"),
+            "crop_size": cfg.get("crop_size"),
+            "stride": cfg.get("stride"),
+            "flip": bool(cfg.get("flip", False)),
+            "class_prior": self.class_prior,
+        }
+
     def predict_labels(self, img: torch.Tensor, out_size: Sequence[int], model: torch.nn.Module | None = None):
         """Predicted train ids at ``out_size`` with the configured inference mode/TTA/class prior."""
-        cfg = self.eval_cfg
-        return segment(
-            model or self.student,
-            img,
-            out_size,
-            mode=cfg.get("mode", "whole"),
-            crop_size=cfg.get("crop_size"),
-            stride=cfg.get("stride"),
-            flip=bool(cfg.get("flip", False)),
-            class_prior=self.class_prior,
-        )
+        return segment(model or self.student, img, out_size, **self.inference_options())
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         label = batch["label"]
