@@ -3,11 +3,14 @@
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
 from atp.adaptation import (
     class_balanced_crop_box,
+    class_balanced_pseudo_labels,
+    class_quantile_thresholds,
     classmix_masks,
     crop,
     mix,
@@ -152,3 +155,31 @@ def test_pseudo_labels_upsample_and_quality():
     up_labels, up_prob, up_q = pseudo_labels_from_logits(torch.randn(2, 3, 4, 4), size=(8, 8))
     assert up_labels.shape == (2, 8, 8) and up_prob.shape == (2, 8, 8) and up_q.dim() == 0
     assert threshold_pseudo_labels(labels, max_prob, 0.9).tolist() == [[[0, 255]]]
+
+
+def test_class_quantile_thresholds_match_numpy_lower_quantile():
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 5, (2, 9, 7), generator=generator)
+    labels[labels == 3] = 2  # class 3 absent
+    confidence = torch.rand(2, 9, 7, generator=generator)
+    thresholds = class_quantile_thresholds(labels, confidence, 0.3, num_classes=5)
+    for c in range(5):
+        values = confidence[labels == c].numpy()
+        expected = np.quantile(values, 0.3, method="lower") if values.size else np.inf
+        assert thresholds[c].item() == pytest.approx(float(expected))
+
+
+def test_class_balanced_pseudo_labels_keep_each_class_best_share():
+    labels = torch.tensor([[0, 0, 0, 0, 1, 1, 2]])
+    confidence = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.6]])
+    # class 0: sorted 0.1 0.5 0.7 0.9, the 0.5 quantile (lower) is 0.5 -> 0.1 dropped;
+    # class 1: sorted 0.2 0.3 -> 0.2, both kept; class 2: its single pixel is kept.
+    kept = class_balanced_pseudo_labels(labels, confidence, keep=0.5, num_classes=3)
+    assert kept.tolist() == [[0, 255, 0, 0, 1, 1, 2]]
+    # keep=0.25: class 0's 0.75 quantile is 0.7, so 0.5 goes too; a global threshold of 0.4 saves it
+    kept = class_balanced_pseudo_labels(labels, confidence, keep=0.25, num_classes=3)
+    assert kept.tolist() == [[0, 255, 255, 0, 1, 1, 2]]
+    kept = class_balanced_pseudo_labels(labels, confidence, keep=0.25, num_classes=3, threshold=0.4)
+    assert kept.tolist() == [[0, 255, 0, 0, 1, 1, 2]]
+    with pytest.raises(ValueError, match="keep"):
+        class_balanced_pseudo_labels(labels, confidence, keep=0.0, num_classes=3)

@@ -77,3 +77,21 @@ def test_manifest_is_valid_json_with_history(chain):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["history"][-1]["step"] == 4
     assert pipeline.manifest_checkpoint({**manifest, "_dir": str(run_dir)}).is_file()
+
+
+def test_teach_logs_every_interval_with_class_wise_positives(chain, data_toy_root, tmp_path):
+    """Logging every 2nd step computes what it logs (q) on the steps that log, and the class-wise
+    positive selection keeps training finite."""
+    import csv
+
+    source_ckpt = pipeline.manifest_checkpoint(chain["source"][0] | {"_dir": str(chain["source"][1])})
+    run_dir = tmp_path / "teach"
+    cfg = stage_cfg("teach", data_toy_root, tmp_path, run_dir,
+                    f"init_from={source_ckpt}", "stage.log_interval=2", "stage.module.pos_threshold=null",
+                    "stage.module.pos_class_keep=0.5", "stage.module.neg_threshold=0.07")
+    run_stage(cfg, run_dir)
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    quality = [float(r["train/pseudo/quality"]) for r in rows if r.get("train/pseudo/quality")]
+    assert quality and all(0.0 <= q <= 1.0 for q in quality)  # q was computed on the steps that log
+    lr = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
+    assert len(set(lr)) == 2  # logged after steps 2 and 4 only (Lightning repeats a step's values)

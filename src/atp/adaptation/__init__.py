@@ -14,7 +14,12 @@ from .losses import (
 )
 from .mix import classmix_masks, mix, mixed_targets, row_ignore_weights
 from .prototypes import PrototypeEstimator, downscale_labels
-from .pseudo_labels import pseudo_labels_from_logits, threshold_pseudo_labels
+from .pseudo_labels import (
+    class_balanced_pseudo_labels,
+    class_quantile_thresholds,
+    pseudo_labels_from_logits,
+    threshold_pseudo_labels,
+)
 from .ranking import image_entropy_scores, read_split, split_easy_hard, write_split
 
 __all__ = [
@@ -24,6 +29,8 @@ __all__ = [
     "StrongAugment",
     "blur_kernel_size",
     "class_balanced_crop_box",
+    "class_balanced_pseudo_labels",
+    "class_quantile_thresholds",
     "classmix_masks",
     "color_jitter",
     "crop",

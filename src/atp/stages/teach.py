@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from atp.adaptation import (
+    class_balanced_pseudo_labels,
     mean_negative_classes,
     negative_pseudo_label_loss,
     pseudo_label_ce,
@@ -26,6 +27,7 @@ class TeachStage(TeacherStage):
         model: torch.nn.Module,
         pos_weight: float = 1.0,
         pos_threshold: float | None = None,
+        pos_class_keep: float | None = None,
         neg_weight: float = 1.0,
         neg_threshold: float = 0.04,
         neg_source: str = "student",
@@ -34,19 +36,34 @@ class TeachStage(TeacherStage):
         super().__init__(model, **kwargs)
         if neg_source not in ("student", "teacher"):
             raise ValueError(f"stage.module.neg_source must be 'student' or 'teacher', got {neg_source!r}")
-        self.pos_weight, self.pos_threshold = pos_weight, pos_threshold
+        if pos_class_keep is not None and not 0.0 < pos_class_keep <= 1.0:
+            raise ValueError(f"stage.module.pos_class_keep must lie in (0, 1] or be null, got {pos_class_keep}")
+        self.pos_weight, self.pos_threshold, self.pos_class_keep = pos_weight, pos_threshold, pos_class_keep
         self.neg_weight, self.neg_threshold, self.neg_source = neg_weight, neg_threshold, neg_source
+
+    @property
+    def thresholds_positives(self) -> bool:
+        return self.pos_threshold is not None or self.pos_class_keep is not None
+
+    def select_positives(self, labels: torch.Tensor, confidence: torch.Tensor | None) -> torch.Tensor:
+        """Teacher labels with the unselected pixels ignored: global threshold and/or class-wise share."""
+        if self.pos_class_keep is not None:
+            return class_balanced_pseudo_labels(
+                labels, confidence, self.pos_class_keep, self.num_classes,
+                threshold=self.pos_threshold, ignore_index=IGNORE_INDEX,
+            )
+        if self.pos_threshold is not None:
+            return labels.masked_fill(confidence < self.pos_threshold, IGNORE_INDEX)
+        return labels
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self.begin_step()
         self.update_teacher()
         pseudo = self.pseudo_label(
             batch["img"], keep_probs=self.neg_source == "teacher",
-            confidence=self.pos_threshold is not None or self.should_log(),  # q is only logged in Teach
+            confidence=self.thresholds_positives or self.should_log(),  # q is only logged in Teach
         )
-        labels = pseudo.labels
-        if self.pos_threshold is not None:
-            labels = labels.masked_fill(pseudo.confidence < self.pos_threshold, IGNORE_INDEX)
+        labels = self.select_positives(pseudo.labels, pseudo.confidence)
         aug_generator = self.step_generator("cpu")
         params = self.strong_aug.draw(aug_generator)
         strong = self.strong_aug.apply(pseudo.images, params, aug_generator)
