@@ -4,6 +4,7 @@
   fsynced and ``os.replace``d, so a kill or a full disk never leaves a half-written ``last.ckpt``.
 * :class:`DivergenceGuard` — stops a stage at the first non-finite gradient with a post-mortem
   checkpoint and the names of the images in the offending batch.
+* :class:`SigtermCheckpoint` — on SIGTERM, ``last.ckpt`` holds the last finished step.
 * :func:`rank_split` — the easy/hard entropy ranking sharded over ``torch.distributed`` ranks,
   gathered and written by rank 0 only; identical to the single-process split.
 """
@@ -26,6 +27,7 @@ import torch
 import torch.distributed as dist
 from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Subset
 
@@ -42,6 +44,7 @@ __all__ = [
     "CheckpointWriteError",
     "DivergenceError",
     "DivergenceGuard",
+    "SigtermCheckpoint",
     "distributed_world",
     "is_rank_zero",
     "rank_split",
@@ -183,6 +186,29 @@ class DivergenceGuard(Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict) -> None:
         if self._record is not None:
             checkpoint["divergence"] = dict(self._record)
+
+
+# ---------------------------------------------------------------------- SIGTERM
+class SigtermCheckpoint(Callback):
+    """Save the full trainer state to ``path`` (``last.ckpt``) when Lightning stops on SIGTERM.
+
+    Lightning's SIGTERM handler only sets a flag; the loop raises ``SIGTERMException`` at the end of
+    the current batch (a finished optimiser step), and ``on_exception`` runs before it propagates. Without
+    this, every step since the last periodic checkpoint would be lost. The save has no barrier
+    (``trainer.save_checkpoint`` has one): each rank dumps its state and the strategy writes on rank 0
+    only, so ranks that stop at different batches cannot deadlock here. Other exceptions are left alone:
+    a crash may happen mid-step, when the state is not worth keeping.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+            return
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        trainer.strategy.save_checkpoint(checkpoint, self.path)
+        log.warning("SIGTERM: saved step %d to %s", trainer.global_step, self.path)
 
 
 # ---------------------------------------------------------------------- distributed helpers

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from atp import pipeline, wandb_panels
 from atp.data import build_datamodule
@@ -24,10 +25,20 @@ log = logging.getLogger(__name__)
 # Manual optimisation saves the post-step state, which is exactly what a resume needs.
 warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+# Validation metrics come from a torchmetrics confusion matrix, which is all-reduced before compute().
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level.*")
 
 
 class UserError(RuntimeError):
     """A mistake the user can fix; the entry point prints the message alone (no traceback)."""
+
+    exit_code = 2
+
+
+class StageInterrupted(UserError):
+    """The stage was stopped by SIGTERM; ``last.ckpt`` holds the last finished step (exit status 128 + 15)."""
+
+    exit_code = 143
 
 
 def ensure_writable(run_dir: Path) -> None:
@@ -107,14 +118,17 @@ class ManifestCallback(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         metrics = getattr(module, "last_val_metrics", None)
-        if trainer.sanity_checking or not metrics or trainer.global_rank != 0:
+        if trainer.sanity_checking or not metrics:
             return
+        # Every rank keeps the history (the metrics are all-reduced, so it is the same on all ranks):
+        # run_stage decides from it whether to validate once more, a collective all ranks must join.
         entry = {"step": trainer.global_step, **{k.removeprefix("val/"): v for k, v in metrics.items()
                                                  if not k.startswith("val/IoU/")}}
         history = self.manifest.setdefault("history", [])
         history[:] = [h for h in history if h["step"] != entry["step"]] + [entry]
         self.manifest["metrics"] = {k.removeprefix("val/"): v for k, v in metrics.items()}
-        pipeline.write_manifest(self.run_dir, self.manifest)
+        if trainer.is_global_zero:
+            pipeline.write_manifest(self.run_dir, self.manifest)
 
 
 def build_oracle(cfg: DictConfig) -> BlackBoxSource:
@@ -241,6 +255,7 @@ def run_stage(
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every),
         ManifestCallback(run_dir, manifest),
         reliability.DivergenceGuard(ckpt_dir, stage),  # [reliability]
+        reliability.SigtermCheckpoint(ckpt_dir / "last.ckpt"),  # [reliability]
         *(extra_callbacks or []),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
@@ -255,12 +270,17 @@ def run_stage(
                           plugins=[reliability.AtomicCheckpointIO()])  # [reliability] atomic checkpoint files
     log.info("stage=%s dataset=%s: %s; run dir %s", stage, cfg.dataset.name, init_note, run_dir)
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
-    if trainer.interrupted:
-        manifest["status"] = "interrupted"
-        if trainer.is_global_zero:  # [reliability]
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    except SIGTERMException:  # [reliability] Lightning stops after the batch; SigtermCheckpoint saved it
+        manifest.update(status="interrupted", interrupted_at_step=int(trainer.global_step),
+                        last_ckpt=os.path.relpath(ckpt_dir / "last.ckpt", run_dir))
+        if trainer.is_global_zero:
             pipeline.write_manifest(run_dir, manifest)
-        raise UserError(f"stage={stage} was interrupted at step {trainer.global_step}; resume with resume=true")
+        raise StageInterrupted(
+            f"stage={stage} stopped by SIGTERM after step {trainer.global_step} of {cfg.trainer.max_steps}; "
+            f"{ckpt_dir / 'last.ckpt'} holds that step: continue with resume=true (same command and run dir)"
+        ) from None
     history = manifest.get("history") or []
     if not history or history[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -299,4 +319,4 @@ def ensure_split(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, split_d
                                   easy_ratio=cfg.stage.rank.easy_ratio, device=device)
 
 
-__all__ = ["CheckpointError", "UserError", "run_stage"]
+__all__ = ["CheckpointError", "StageInterrupted", "UserError", "run_stage"]

@@ -7,6 +7,7 @@ One job trains one stage; a multirun sweep ``-m stage=source,align,teach,propaga
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from atp import pipeline
 from atp.models.weights import CheckpointError
+from atp.reliability import is_rank_zero
 from atp.runner import UserError, run_stage
 from atp.summary import write_summary
 
@@ -79,8 +81,29 @@ def run_chain(cfg: DictConfig, job_dir: Path) -> list[dict]:
         manifest["_dir"] = str(stage_dir)
         manifests.append(manifest)
         previous_ckpt = pipeline.manifest_checkpoint(manifest)
-        write_summary(job_dir)
+        if is_rank_zero():  # under DDP every rank runs the chain; one writes the summary
+            write_summary(job_dir)
     return manifests
+
+
+def launches_ranks(trainer_cfg: DictConfig) -> bool:
+    """Whether Lightning will start the other DDP processes itself, by re-running this command line.
+
+    Not when a cluster or torchrun started them (SLURM, LSF, TorchElastic), nor in such a re-run rank.
+    """
+    from lightning_fabric.plugins.environments import (
+        LSFEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    if "LOCAL_RANK" in os.environ or any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment,
+                                                                  LSFEnvironment)):
+        return False
+    devices = trainer_cfg.get("devices", 1)
+    count = len(devices) if OmegaConf.is_list(devices) else int(devices) if str(devices).isdigit() else 1
+    spawn = "spawn" in str(trainer_cfg.get("strategy", ""))
+    return not spawn and (count > 1 or int(trainer_cfg.get("num_nodes", 1)) > 1)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
@@ -90,13 +113,20 @@ def main(cfg: DictConfig) -> None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
     try:
+        if multirun and launches_ranks(cfg.trainer):
+            # The re-run repeats -m: rank 1 would start a sweep of its own, in another sweep dir.
+            raise UserError(
+                "a -m sweep cannot start several processes per job (trainer.devices/num_nodes > 1): Lightning "
+                "re-runs the command line for each extra process, sweep included. Run one job without -m "
+                "(stage=chain runs all stages), or launch the sweep on SLURM (hydra/launcher=submitit_slurm)"
+            )
         if cfg.stage.name == "chain":
             run_chain(cfg, run_dir)
             return
         cfg = apply_per_stage(cfg, _task_overrides())
         key = pipeline.chain_key(_task_overrides())
         manifest = run_stage(cfg, run_dir, sweep_dir=sweep_dir, key=key)
-        if sweep_dir is not None:
+        if sweep_dir is not None and is_rank_zero():
             write_summary(sweep_dir)
         metrics = manifest.get("metrics", {})
         log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU", float("nan")),
@@ -104,7 +134,7 @@ def main(cfg: DictConfig) -> None:
     except (UserError, pipeline.HandOffError, CheckpointError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))
 
 
 if __name__ == "__main__":
