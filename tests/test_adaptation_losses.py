@@ -12,6 +12,7 @@ from atp.adaptation import (
     negative_pseudo_label_loss,
     prototype_contrastive_loss,
     pseudo_label_ce,
+    pseudo_label_ce_and_negative,
 )
 
 
@@ -181,3 +182,24 @@ def test_prototype_contrastive_loss_without_valid_pixels_is_a_connected_zero():
     assert loss.item() == 0.0
     loss.backward()
     assert feats.grad is not None and feats.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_fused_ce_and_negative_equals_the_separate_losses_and_their_gradients(with_weights):
+    generator = torch.Generator().manual_seed(5)
+    logits = (3 * torch.randn(2, 6, 5, 4, generator=generator)).requires_grad_()
+    labels = torch.randint(0, 6, (2, 5, 4), generator=generator)
+    labels[0, 0, :2] = 255
+    weights = torch.rand(2, 5, 4, generator=generator) if with_weights else None
+
+    positive, negative, probs = pseudo_label_ce_and_negative(logits, labels, threshold=0.04, weights=weights)
+    (fused_grad,) = torch.autograd.grad(positive + 0.5 * negative, logits)
+    expected_pos = pseudo_label_ce(logits, labels, weights=weights)
+    expected_neg = negative_pseudo_label_loss(logits.softmax(dim=1), threshold=0.04)
+    (expected_grad,) = torch.autograd.grad(expected_pos + 0.5 * expected_neg, logits)
+
+    assert negative.item() > 0  # some classes are below 0.04 with logits of scale 3
+    assert positive.item() == pytest.approx(expected_pos.item(), rel=1e-6)
+    assert negative.item() == pytest.approx(expected_neg.item(), rel=1e-5)
+    torch.testing.assert_close(probs, logits.softmax(dim=1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_grad, expected_grad, rtol=1e-4, atol=1e-6)

@@ -11,6 +11,7 @@ from .losses import (
     normalized_entropy,
     prototype_contrastive_loss,
     pseudo_label_ce,
+    pseudo_label_ce_and_negative,
 )
 from .mix import classmix_masks, mix, mixed_targets, row_ignore_weights
 from .prototypes import PrototypeEstimator, downscale_labels
@@ -48,6 +49,7 @@ __all__ = [
     "normalized_entropy",
     "prototype_contrastive_loss",
     "pseudo_label_ce",
+    "pseudo_label_ce_and_negative",
     "pseudo_labels_from_logits",
     "read_split",
     "row_ignore_weights",

@@ -18,6 +18,7 @@ __all__ = [
     "negative_pseudo_label_loss",
     "mean_negative_classes",
     "pseudo_label_ce",
+    "pseudo_label_ce_and_negative",
     "prototype_contrastive_loss",
 ]
 
@@ -105,6 +106,29 @@ def pseudo_label_ce(
     if weights is not None:
         per_pixel = per_pixel * weights.float()
     return per_pixel.mean()
+
+
+def pseudo_label_ce_and_negative(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float = 0.04,
+    weights: torch.Tensor | None = None,
+    mask_probs: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pseudo_label_ce, negative_pseudo_label_loss, probs) from ONE log-softmax of `logits`.
+
+    Same values as the two functions called separately, but the probabilities of the negative term
+    are the exponent of the CE's log-probabilities instead of a second softmax over the logits.
+    `probs` is returned (detached use only) for logging.
+    """
+    log_probs = logits.float().log_softmax(dim=1)
+    per_pixel = F.nll_loss(log_probs, labels.long(), reduction="none", ignore_index=ignore_index)
+    if weights is not None:
+        per_pixel = per_pixel * weights.float()
+    probs = log_probs.exp()
+    negative = negative_pseudo_label_loss(probs, threshold=threshold, mask_probs=mask_probs)
+    return per_pixel.mean(), negative, probs
 
 
 def prototype_contrastive_loss(

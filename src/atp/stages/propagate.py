@@ -13,9 +13,9 @@ from atp.adaptation import (
     downscale_labels,
     mix,
     mixed_targets,
-    negative_pseudo_label_loss,
     prototype_contrastive_loss,
     pseudo_label_ce,
+    pseudo_label_ce_and_negative,
     row_ignore_weights,
 )
 from atp.data.labels import IGNORE_INDEX
@@ -70,10 +70,12 @@ class PropagateStage(TeacherStage):
             self.prototypes.reset()
 
     def _ce_with_negative(self, logits: torch.Tensor, labels: torch.Tensor, weights=None) -> torch.Tensor:
-        loss = pseudo_label_ce(logits, labels, weights=weights, ignore_index=IGNORE_INDEX)
-        if self.neg_in_ce:
-            loss = loss + negative_pseudo_label_loss(logits.softmax(dim=1), threshold=self.neg_threshold)
-        return loss
+        if not self.neg_in_ce:
+            return pseudo_label_ce(logits, labels, weights=weights, ignore_index=IGNORE_INDEX)
+        positive, negative, _ = pseudo_label_ce_and_negative(
+            logits, labels, threshold=self.neg_threshold, weights=weights, ignore_index=IGNORE_INDEX
+        )
+        return positive + negative
 
     def _downscale(self, labels: torch.Tensor, size) -> torch.Tensor:
         return downscale_labels(

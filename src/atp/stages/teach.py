@@ -10,8 +10,7 @@ import torch
 from atp.adaptation import (
     class_balanced_pseudo_labels,
     mean_negative_classes,
-    negative_pseudo_label_loss,
-    pseudo_label_ce,
+    pseudo_label_ce_and_negative,
 )
 from atp.data.labels import IGNORE_INDEX
 from atp.stages.teacher import TeacherStage
@@ -68,10 +67,10 @@ class TeachStage(TeacherStage):
         params = self.strong_aug.draw(aug_generator)
         strong = self.strong_aug.apply(pseudo.images, params, aug_generator)
         logits = self.upsample(self.student(strong), strong.shape[-2:])
-        probs = logits.softmax(dim=1)
-        positive = pseudo_label_ce(logits, labels, ignore_index=IGNORE_INDEX)
         mask_probs = pseudo.probs if self.neg_source == "teacher" else None
-        negative = negative_pseudo_label_loss(probs, threshold=self.neg_threshold, mask_probs=mask_probs)
+        positive, negative, probs = pseudo_label_ce_and_negative(
+            logits, labels, threshold=self.neg_threshold, mask_probs=mask_probs, ignore_index=IGNORE_INDEX
+        )
         self.manual_backward(self.pos_weight * positive + self.neg_weight * negative)
         self.finish_step()
         if self.should_log():
