@@ -29,7 +29,7 @@ def _tiny(data_dir: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_multirun_chain_hands_weights_from_stage_to_stage(data_toy_root, tmp_path):
+def test_multirun_chain_hands_weights_from_stage_to_stage(data_toy_root, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     result = _train("-m", "stage=source,align,teach,propagate", *_tiny(data_toy_root, tmp_path / "out"),
                     f"hydra.sweep.dir={sweep}", "per_stage.propagate.stage.module.scl.start_step=1")
@@ -51,6 +51,21 @@ def test_multirun_chain_hands_weights_from_stage_to_stage(data_toy_root, tmp_pat
         assert f"| {stage} | toy |" in results
     assert (sweep / "miou_over_steps.png").is_file()
     assert json.loads((sweep / "results.json").read_text())[-1]["stage"] == "propagate"
+
+    # the demo's evaluation of the same sweep: student for every stage, EMA teacher for T and P
+    from atp.demo import main as demo_main
+
+    overrides = [o for o in _tiny(data_toy_root, tmp_path / "out") if not o.startswith("experiment=")]
+    assert demo_main(["--out", str(sweep), "--eval-only", *overrides]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.split()[:1] in
+            (["source"], ["align"], ["teach"], ["propagate"])}
+    assert set(rows) == {"source", "align", "teach", "propagate"}
+    assert rows["source"][-1] == "-" and rows["align"][-1] == "-"
+    for stage in ("teach", "propagate"):
+        teacher_metrics = json.loads((manifests[stage][1] / "eval_teacher" / "metrics.json").read_text())
+        assert teacher_metrics["weights"] == "teacher"
+        assert float(rows[stage][-1]) == pytest.approx(teacher_metrics["mIoU"]["all19"], abs=0.006)
 
 
 @pytest.mark.slow

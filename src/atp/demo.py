@@ -22,14 +22,17 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 STAGES = ("source", "align", "teach", "propagate")
 
 
-def evaluate_stage(ckpt: Path, out_dir: Path, train_cfg) -> dict:
+TEACHER_STAGES = ("teach", "propagate")  # stages whose checkpoint holds an EMA teacher worth reporting
+
+
+def evaluate_stage(ckpt: Path, out_dir: Path, train_cfg, weights: str = "student") -> dict:
     """``atp.evaluate`` of one checkpoint (in-process) with the model/data config the demo trained with."""
     from omegaconf import open_dict
 
     from atp.evaluate import evaluate
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[f"ckpt={ckpt}", f"output_dir={out_dir}"])
+        cfg = compose("evaluate", overrides=[f"ckpt={ckpt}", f"output_dir={out_dir}", f"weights={weights}"])
     with open_dict(cfg):
         for key in ("model", "dataset", "paths", "data"):
             cfg[key] = train_cfg[key]
@@ -60,14 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for manifest in collect(out):
         ckpt = pipeline.manifest_checkpoint(manifest)
-        result = evaluate_stage(ckpt, Path(manifest["_dir"]) / "eval", train_cfg)
-        rows.append((manifest["stage"], result["mIoU"]["all19"], result["pixel_acc"], Path(manifest["_dir"]) / "eval"))
+        stage_dir = Path(manifest["_dir"])
+        result = evaluate_stage(ckpt, stage_dir / "eval", train_cfg)
+        teacher = None
+        if manifest["stage"] in TEACHER_STAGES:
+            teacher = evaluate_stage(ckpt, stage_dir / "eval_teacher", train_cfg, weights="teacher")["mIoU"]["all19"]
+        rows.append((manifest["stage"], result["mIoU"]["all19"], result["pixel_acc"], teacher))
     write_summary(out)
     minutes = (time.time() - started) / 60
-    print("\nATP on the toy domain shift (target val, student weights)")
-    print(f"{'stage':<10} {'mIoU':>6} {'pixel acc':>10}")
-    for stage, miou, acc, _ in rows:
-        print(f"{stage:<10} {miou:6.2f} {acc:10.1f}")
+    print("\nATP on the toy domain shift (target val; mIoU of the student weights, and of the EMA teacher)")
+    print(f"{'stage':<10} {'mIoU':>6} {'pixel acc':>10} {'teacher mIoU':>13}")
+    for stage, miou, acc, teacher in rows:
+        teacher_text = "-" if teacher is None else f"{teacher:.2f}"
+        print(f"{stage:<10} {miou:6.2f} {acc:10.1f} {teacher_text:>13}")
     print(f"\nfinished in {minutes:.1f} min")
     print(f"results: {out / 'results.md'}")
     print(f"mIoU over steps: {out / 'miou_over_steps.png'}")
