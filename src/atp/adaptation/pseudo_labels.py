@@ -27,7 +27,9 @@ def pseudo_labels_from_logits(
     logits = logits.detach().float()
     if size is not None and tuple(logits.shape[-2:]) != tuple(size):
         logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-    max_prob, labels = logits.softmax(dim=1).max(dim=1)
+    # max softmax = exp(max logit − logsumexp): no (B, C, H, W) probability tensor is materialised
+    max_logit, labels = logits.max(dim=1)
+    max_prob = (max_logit - logits.logsumexp(dim=1)).exp()
     quality = (max_prob >= conf_threshold).float().mean()
     return labels, max_prob, quality
 
