@@ -6,7 +6,7 @@ module for rank 1 (``LOCAL_RANK=1``), so every rank writes into ``$ATP_PROBE_DIR
 * ``<stage>-rank<r>.pt`` when training ends: world size, step, the image names the rank trained on, the
   student, EMA teacher and prototype buffers, and the validation metrics;
 * ``writes-rank<r>.txt``: every file the process created or opened for writing, renamed onto or
-  removed (Python audit events; ``atp.atomic`` writes through ``mkstemp`` + ``os.replace``).
+  removed (Python audit events; ``atp.atomic`` writes a temp file + ``os.replace``).
 
 Nothing here changes what training does: the callback only reads, and the audit hook only records.
 """

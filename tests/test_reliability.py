@@ -86,6 +86,35 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the temp file was removed
 
 
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_atomic_files_get_the_mode_open_gives_and_keep_a_replaced_files_mode(tmp_path, umask_022):
+    """Not mkstemp's 0600: on a shared cluster the group must be able to read checkpoints and manifests."""
+    import numpy as np
+
+    from atp.atomic import atomic_write_json
+    from atp.data.io import write_png_atomic
+
+    ckpt, manifest, label = tmp_path / "last.ckpt", tmp_path / "manifest.json", tmp_path / "label.png"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, ckpt)
+    atomic_write_json(manifest, {"a": 1})
+    write_png_atomic(label, np.zeros((4, 4), np.uint8))
+    assert [oct(p.stat().st_mode & 0o777) for p in (ckpt, manifest, label)] == [oct(0o644)] * 3
+    for path in (ckpt, manifest, label):
+        path.chmod(0o640)
+    AtomicCheckpointIO().save_checkpoint({"step": 2}, ckpt)
+    atomic_write_json(manifest, {"a": 2})
+    write_png_atomic(label, np.ones((4, 4), np.uint8))
+    assert [oct(p.stat().st_mode & 0o777) for p in (ckpt, manifest, label)] == [oct(0o640)] * 3
+    assert torch.load(ckpt, weights_only=True) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["label.png", "last.ckpt", "manifest.json"]
+
+
 # ---------------------------------------------------------------------- stages: divergence, full disk, corrupt resume
 class PoisonBatch(Callback):
     """Turns the images of the batch at ``step`` into NaN (a corrupt sample / numeric blow-up)."""

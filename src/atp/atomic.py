@@ -2,24 +2,53 @@
 
 A reader (or a run killed mid-write) sees either the old file or the new one, never half of one.
 Temp files are named ``.<name>.<random>.tmp`` so :func:`atp.pipeline.clean_stale_temp_files` finds
-what a killed writer left. No dependencies: every layer (data, models, adaptation, stages) uses it.
+what a killed writer left. The result has the mode a plain ``open()`` gives (``0o666`` less the
+umask), or that of the file it replaces. No dependencies: every layer (data, models, adaptation,
+stages) uses it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+
+def create_temp_beside(path: str | os.PathLike, suffix: str = ".tmp") -> tuple[int, Path]:
+    """Open a new ``.<name>.<random><suffix>`` beside ``path`` for writing: ``(fd, temp path)``.
+
+    Unlike ``tempfile.mkstemp`` (always 0600) the file is created with 0o666 and the umask (and any
+    default ACL) applies, as for ``open()``; when ``path`` exists its permission bits are copied.
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        return fd, tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> Path:
     """Call ``write(handle)`` on a temp file beside ``path``, fsync it and rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temp_beside(path)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
             write(handle)
@@ -27,7 +56,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

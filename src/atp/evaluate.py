@@ -12,7 +12,6 @@ import math
 import sys
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -21,6 +20,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm import tqdm
 
 from atp.atomic import atomic_write_json
+from atp.cli import hydra_entry
 from atp.data import build_datamodule
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
 from atp.inference import acdc_class_prior_weights, segment_probs
@@ -137,7 +137,7 @@ def print_table(result: dict) -> None:
         print(f"{'mIoU ' + subset:<15} {value:5.2f}")
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="evaluate")
+@hydra_entry("evaluate")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.output_dir)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -12,13 +13,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from atp import pipeline, wandb_panels
 from atp.data import build_datamodule
-from atp.models.weights import CheckpointError, load_into, load_segmentor, read_checkpoint
+from atp.models.weights import CheckpointError, load_into, load_segmentor, read_checkpoint, read_global_step
 from atp.stages import STAGES, BlackBoxSource
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,36 @@ def resolve_init(cfg: DictConfig, stage: str, sweep_dir: Path | None, key: str) 
     if not path.is_file():
         raise UserError(f"init_from={init}: no such file; pass a checkpoint path or init_from=auto")
     return path, None
+
+
+def hpc_checkpoints(run_dir: Path) -> list[Path]:
+    """``<run dir>/hpc_ckpt_<n>.ckpt``: what Lightning's SLURM requeue handler (SIGUSR1) saves, by ``n``."""
+    found = [(int(m.group(1)), p) for p in run_dir.glob("hpc_ckpt_*.ckpt")
+             if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resume_checkpoint(run_dir: Path, trust: bool = False) -> Path | None:
+    """The newest state to resume from: the highest ``global_step`` among ``checkpoints/last.ckpt``
+    and the ``hpc_ckpt_*.ckpt`` files (ties and unreadable files: ``last.ckpt`` first); None if none."""
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    candidates = ([last] if last.is_file() else []) + hpc_checkpoints(run_dir)
+    if not candidates:
+        return None
+    steps = {path: read_global_step(path, trust=trust) for path in candidates}
+    newest = max(candidates, key=lambda path: -1 if steps[path] is None else steps[path])
+    if len(candidates) > 1:
+        log.info("resume: %s (steps: %s)", newest, ", ".join(f"{p.name} {s}" for p, s in steps.items()))
+    return newest
+
+
+def validate_in_memory(trainer: pl.Trainer, module: pl.LightningModule, datamodule) -> None:
+    """``trainer.validate`` on the weights in memory: with ``ckpt_path`` unset on SLURM, Lightning would
+    first load the newest ``hpc_ckpt_*.ckpt`` of the run dir (an older step) into the module."""
+    connector = trainer._checkpoint_connector  # Lightning <2.7 has no public "load nothing"
+    connector._user_managed, connector._ckpt_path = True, None
+    trainer.validate(module, datamodule=datamodule, verbose=False)
 
 
 def load_initial_weights(model: torch.nn.Module, cfg: DictConfig, path: Path | None, stage: str) -> str:
@@ -209,11 +241,17 @@ def run_stage(
     init_path, init_run = resolve_init(cfg, stage, sweep_dir, key)
 
     resume_path = cfg.ckpt_path
-    if cfg.resume and resume_path is None:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        resume_path = str(last) if last.is_file() else None
+    # On SLURM, Lightning restores an hpc_ckpt_*.ckpt by itself whenever ckpt_path is unset: decide here
+    # instead, so the newer of it and last.ckpt wins and the manifest and loggers know it is a resume.
+    slurm_restore = SLURMEnvironment.detect() and bool(hpc_checkpoints(run_dir))
+    if resume_path is None and (cfg.resume or slurm_restore):
+        newest = resume_checkpoint(run_dir, trust=bool(cfg.trust_checkpoints))
+        resume_path = str(newest) if newest else None
         if resume_path is None:
-            log.info("resume=true but %s does not exist: starting the stage from the beginning", last)
+            log.info("resume=true but %s has no checkpoints/last.ckpt or hpc_ckpt_*.ckpt: starting the stage "
+                     "from the beginning", run_dir)
+        elif not cfg.resume:
+            log.info("SLURM requeue checkpoint in %s: resuming from %s", run_dir, resume_path)
     if resume_path is not None and not Path(resume_path).is_file():
         raise UserError(f"ckpt_path={resume_path}: no such file")
 
@@ -283,7 +321,7 @@ def run_stage(
         ) from None
     history = manifest.get("history") or []
     if not history or history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+        validate_in_memory(trainer, module, datamodule)
     final = ckpt_dir / "final.ckpt"
     trainer.save_checkpoint(final, weights_only=True)
     manifest.update(

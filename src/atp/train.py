@@ -11,12 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from atp import pipeline
+from atp.cli import hydra_entry
 from atp.models.weights import CheckpointError
 from atp.reliability import is_rank_zero
 from atp.runner import UserError, run_stage
@@ -106,7 +106,7 @@ def launches_ranks(trainer_cfg: DictConfig) -> bool:
     return not spawn and (count > 1 or int(trainer_cfg.get("num_nodes", 1)) > 1)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra_entry("train")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

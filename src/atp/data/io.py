@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from atp.atomic import create_temp_beside
 from atp.data.labels import invalid_label_values, to_train_ids
 
 cv2.setNumThreads(0)  # one decode per worker process; avoids oversubscription inside DataLoader workers
@@ -105,10 +105,10 @@ def write_png_atomic(path: str | Path, array: np.ndarray, palette: np.ndarray | 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.png", dir=path.parent)
+    fd, tmp = create_temp_beside(path, suffix=".tmp.png")  # the mode open() gives, not mkstemp's 0600
     os.close(fd)
     try:
-        _encode_png(tmp, array, palette)
+        _encode_png(str(tmp), array, palette)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

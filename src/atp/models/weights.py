@@ -46,6 +46,7 @@ __all__ = [
     "load_weights",
     "open_checkpoint",
     "read_checkpoint",
+    "read_global_step",
     "save_converted",
 ]
 
@@ -132,6 +133,15 @@ def read_checkpoint(path: str | os.PathLike, which: str = "student", trust: bool
     Raises ``CheckpointError`` (a ``ValueError``) naming the file on any problem.
     """
     return open_checkpoint(path, which=which, trust=trust).state_dict
+
+
+def read_global_step(path: str | os.PathLike, trust: bool = False) -> int | None:
+    """``global_step`` of a Lightning checkpoint (memory-mapped: tensors are not read); None if unreadable."""
+    try:
+        step = _unpickle(Path(path), trust).get("global_step")
+    except (CheckpointError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _unpickle(path: Path, trust: bool) -> object:
