@@ -26,6 +26,7 @@ from atp.reliability import (
     batch_names,
 )
 from atp.runner import UserError, run_stage
+from tests.hostile import HostilePayload
 from tests.stage_helpers import TINY, stage_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,25 +228,10 @@ def test_batch_names_of_plain_and_easy_hard_batches():
 
 
 # ---------------------------------------------------------------------- hostile checkpoint end to end
-def _leave_marker(path: str) -> str:
-    Path(path).write_text("code ran")
-    return "payload"
-
-
-class Payload:
-    """Unpickling this runs ``_leave_marker``: what a hostile checkpoint could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_leave_marker, (str(self.marker),))
-
-
 def test_malicious_pickle_is_refused_by_reader_and_by_train(data_toy_root, tmp_path):
     marker = tmp_path / "marker.txt"
     evil = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {"student.decode_head.conv_seg.bias": torch.zeros(19)}, "extra": Payload(marker)}, evil)
+    torch.save({"state_dict": {"student.decode_head.conv_seg.bias": torch.zeros(19)}, "extra": HostilePayload(marker)}, evil)
 
     with pytest.raises(CheckpointError, match="_leave_marker"):
         read_checkpoint(evil)

@@ -28,6 +28,7 @@ from atp.models.weights import (
     read_checkpoint,
     save_converted,
 )
+from tests.hostile import HostilePayload
 
 ROOT = Path(__file__).resolve().parents[1]
 MMSEG_NAMES = {"encoder": "backbone", "decode_head": "decode_head", "proj_head": "auxiliary_head"}
@@ -98,21 +99,6 @@ def b0_mmseg_state() -> dict[str, torch.Tensor]:
     """A small (MiT-B0) segmentor state dict in mmseg names."""
     model = build_segmentor("mit_b0", proj_head={"mid_channels": 256, "out_channels": 512})
     return {to_mmseg(k): v for k, v in model.state_dict().items()}
-
-
-def _leave_marker(path: str) -> str:
-    Path(path).write_text("unpickling ran code")
-    return "payload"
-
-
-class Sneaky:
-    """Unpickles by calling ``_leave_marker``: what an untrusted pickle could do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_leave_marker, (str(self.marker),))
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -367,7 +353,7 @@ def test_convert_refuses_incomplete_files(scratch, capsys):
 def test_untrusted_pickle_is_refused_without_running_code(scratch, capsys):
     marker = scratch / "marker.txt"
     path = scratch / "sneaky.pth"
-    torch.save({"state_dict": b0_mmseg_state(), "meta": {"note": Sneaky(marker)}}, path)
+    torch.save({"state_dict": b0_mmseg_state(), "meta": {"note": HostilePayload(marker)}}, path)
 
     with pytest.raises(CheckpointError) as refused:
         read_checkpoint(path)
