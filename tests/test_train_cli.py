@@ -73,9 +73,11 @@ def test_wandb_logger_runs_offline_without_account(data_toy_root, tmp_path):
     run_dir = tmp_path / "run"
     # no account: no API key, no ~/.netrc, no mode forced from outside
     result = _train("stage=source", *_tiny(data_toy_root, tmp_path / "out"), "logger=wandb",
-                    f"hydra.run.dir={run_dir}", env={"HOME": str(tmp_path)},
+                    f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=true", env={"HOME": str(tmp_path)},
                     drop_env=("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "source (toy) steps" in result.stdout + result.stderr  # the progress bar names the stage
+    assert "Epoch 0" not in result.stdout + result.stderr
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert any(offline_runs[0].glob("*.wandb")) or any(offline_runs[0].rglob("*.wandb"))

@@ -15,12 +15,13 @@ import torch
 from hydra.utils import get_class, instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from atp import pipeline, wandb_panels
 from atp.data import build_datamodule
 from atp.models.weights import CheckpointError, load_into, load_segmentor, read_checkpoint, read_global_step
+from atp.progress import StageProgressBar
 from atp.stages import STAGES, BlackBoxSource
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ def run_stage(
         *(extra_callbacks or []),
     ]
     if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(StageProgressBar(stage, cfg.dataset.name, leave=True))
     loggers = build_loggers(cfg, run_dir, sweep_dir, resuming=resume_path is not None)
     panels = wandb_panels.attach(loggers, OmegaConf.select(cfg, "logger.wandb"))
     if panels is not None:
