@@ -5,6 +5,8 @@
 * :class:`DivergenceGuard` — stops a stage at the first non-finite gradient with a post-mortem
   checkpoint and the names of the images in the offending batch.
 * :class:`SigtermCheckpoint` — on SIGTERM, ``last.ckpt`` holds the last finished step.
+* :class:`RequeueSignal` — the same stop and save on a scheduler's requeue signal (submitit's SIGUSR2),
+  then the handler it replaced (submitit's requeue) runs.
 * :func:`rank_split` — the easy/hard entropy ranking sharded over ``torch.distributed`` ranks,
   gathered and written by rank 0 only; identical to the single-process split.
 """
@@ -16,6 +18,8 @@ import logging
 import math
 import os
 import pickle
+import signal
+import threading
 import time
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -44,6 +48,7 @@ __all__ = [
     "CheckpointWriteError",
     "DivergenceError",
     "DivergenceGuard",
+    "RequeueSignal",
     "SigtermCheckpoint",
     "distributed_world",
     "is_rank_zero",
@@ -208,7 +213,78 @@ class SigtermCheckpoint(Callback):
             return
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         trainer.strategy.save_checkpoint(checkpoint, self.path)
-        log.warning("SIGTERM: saved step %d to %s", trainer.global_step, self.path)
+        requeue = next((c for c in trainer.callbacks if isinstance(c, RequeueSignal) and c.received), None)
+        log.warning("%s: saved step %d to %s", requeue.name if requeue else "SIGTERM", trainer.global_step, self.path)
+
+
+# ---------------------------------------------------------------------- requeue signal
+def parse_signal(value: Any) -> signal.Signals | None:
+    """``SIGUSR2``, ``USR2`` (as in ``$SUBMITIT_PREEMPT_SIGNAL``) or ``12`` → the signal; null or "" → None."""
+    if value is None or str(value).strip().lower() in ("", "null", "none"):
+        return None
+    text = str(value).strip().upper()
+    try:
+        return signal.Signals(int(text)) if text.isdigit() else signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+    except (KeyError, ValueError):
+        raise UserError(f"requeue_signal={value} is not a signal; use e.g. SIGUSR2, or null to disable") from None
+
+
+class RequeueSignal(Callback):
+    """A scheduler's requeue signal (submitit's pre-timeout SIGUSR2) stops the stage like SIGTERM, then hands over.
+
+    The handler only records the signal. At the end of each training step the ranks agree whether any got it
+    (a MAX all-reduce under DDP, so all stop after the same step whichever got it first) and if so set
+    Lightning's SIGTERM flag: the loop stops after that step, :class:`SigtermCheckpoint` saves it to
+    ``last.ckpt`` on every rank's behalf (written by rank 0) and ``run_stage`` marks the manifest. ``run_stage``
+    then calls :meth:`hand_over`, i.e. the handler this one replaced (submitit's: requeue and exit).
+    :meth:`install` works from the main thread only; :meth:`restore` puts the previous handler back.
+    """
+
+    def __init__(self, signum: signal.Signals) -> None:
+        self.signum = signal.Signals(signum)
+        self.name = self.signum.name
+        self.previous: Any = None
+        self.received = False
+        self._installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("%s handler not installed: not in the main thread", self.name)
+            return
+        self.received = False
+        self.previous = signal.signal(self.signum, self._handle)
+        self._installed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(self.signum, signal.SIG_DFL if self.previous is None else self.previous)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        log.warning("%s: stopping after the current training step to save it", self.name)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop = self.received
+        if distributed_world()[0] > 1:  # every rank runs this hook once per step: a safe collective
+            flag = torch.tensor([int(stop)], device=trainer.strategy.root_device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            self.received = True
+            trainer._signal_connector.received_sigterm = True  # Lightning has no public setter
+
+    def hand_over(self) -> bool:
+        """Run the handler this one replaced (it may exit); False where there was none (SIG_DFL/SIG_IGN)."""
+        if not callable(self.previous):
+            return False
+        log.warning("%s: handing over to the previous handler %r", self.name, self.previous)
+        self.previous(self.signum, None)
+        return True
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "previous": None, "_installed": False}  # handlers belong to this process
 
 
 # ---------------------------------------------------------------------- distributed helpers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -39,9 +40,13 @@ class UserError(RuntimeError):
 
 
 class StageInterrupted(UserError):
-    """The stage was stopped by SIGTERM; ``last.ckpt`` holds the last finished step (exit status 128 + 15)."""
+    """The stage was stopped by a signal; ``last.ckpt`` holds the last finished step (exit status 128 + signal)."""
 
     exit_code = 143
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 def ensure_writable(run_dir: Path) -> None:
@@ -297,6 +302,10 @@ def run_stage(
         reliability.SigtermCheckpoint(ckpt_dir / "last.ckpt"),  # [reliability]
         *(extra_callbacks or []),
     ]
+    requeue_signal = reliability.parse_signal(cfg.get("requeue_signal"))  # [reliability] submitit's SIGUSR2
+    requeue = reliability.RequeueSignal(requeue_signal) if requeue_signal else None
+    if requeue is not None:
+        callbacks.append(requeue)
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(StageProgressBar(stage, cfg.dataset.name, leave=True))
     loggers = build_loggers(cfg, run_dir, sweep_dir, resuming=resume_path is not None)
@@ -309,6 +318,8 @@ def run_stage(
                           plugins=[reliability.AtomicCheckpointIO()])  # [reliability] atomic checkpoint files
     log.info("stage=%s dataset=%s: %s; run dir %s", stage, cfg.dataset.name, init_note, run_dir)
     started = time.time()
+    if requeue is not None:
+        requeue.install()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
     except SIGTERMException:  # [reliability] Lightning stops after the batch; SigtermCheckpoint saved it
@@ -316,10 +327,18 @@ def run_stage(
                         last_ckpt=os.path.relpath(ckpt_dir / "last.ckpt", run_dir))
         if trainer.is_global_zero:
             pipeline.write_manifest(run_dir, manifest)
+        by = requeue if requeue is not None and requeue.received else None
+        if by is not None:
+            by.restore()
+            by.hand_over()  # submitit's handler requeues the job and exits (on rank 0; other ranks return)
         raise StageInterrupted(
-            f"stage={stage} stopped by SIGTERM after step {trainer.global_step} of {cfg.trainer.max_steps}; "
-            f"{ckpt_dir / 'last.ckpt'} holds that step: continue with resume=true (same command and run dir)"
+            f"stage={stage} stopped by {by.name if by else 'SIGTERM'} after step {trainer.global_step} of "
+            f"{cfg.trainer.max_steps}; {ckpt_dir / 'last.ckpt'} holds that step: continue with resume=true "
+            "(same command and run dir)", by.signum if by else signal.SIGTERM,
         ) from None
+    finally:
+        if requeue is not None:
+            requeue.restore()
     history = manifest.get("history") or []
     if not history or history[-1]["step"] != trainer.global_step:
         validate_in_memory(trainer, module, datamodule)
@@ -333,6 +352,8 @@ def run_stage(
         pipeline.write_manifest(run_dir, manifest)
         if panels is not None:
             panels.end_stage(run_dir, manifest)
+    if requeue is not None and requeue.received:  # [reliability] the signal came after the last step
+        requeue.hand_over()
     return manifest
 
 
