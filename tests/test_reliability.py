@@ -177,7 +177,27 @@ def test_divergence_stops_with_postmortem_and_keeps_last(diverged):
     assert last["global_step"] == 2
     assert not (ckpts / "final.ckpt").exists()
     assert read_checkpoint(ckpts / "last.ckpt")  # loadable by the safe reader too
-    assert pipeline.read_manifest(run_dir)["status"] == "running"  # never marked complete
+    manifest = pipeline.read_manifest(run_dir)
+    assert manifest["status"] == "failed" and manifest["stopped_at_step"] == 3  # never marked complete
+    assert manifest["error"].startswith("DivergenceError: stage=source diverged at step 3")
+
+
+def test_ctrl_c_marks_the_manifest_interrupted(data_toy_root, tmp_path):
+    """Lightning turns Ctrl-C into exit status 1; the manifest records it instead of staying 'running'."""
+
+    class PressCtrlC(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:  # after the step-2 save (checkpoint callbacks run last)
+                raise KeyboardInterrupt
+
+    run_dir = tmp_path / "run"
+    cfg = stage_cfg("source", data_toy_root, tmp_path, run_dir, "trainer.max_steps=6", "checkpoint_every=2")
+    with pytest.raises(SystemExit) as stopped:
+        run_stage(cfg, run_dir, extra_callbacks=[PressCtrlC()])
+    assert stopped.value.code == 1
+    manifest = pipeline.read_manifest(run_dir)
+    assert manifest["status"] == "interrupted" and manifest["stopped_at_step"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
 
 
 def test_truncated_checkpoint_resume_is_a_clear_error(diverged, data_toy_root, tmp_path):

@@ -154,6 +154,20 @@ class ManifestCallback(Callback):
     def __init__(self, run_dir: Path, manifest: dict) -> None:
         self.run_dir, self.manifest = run_dir, manifest
 
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        """Ctrl-C or a crash (divergence included): the manifest says so instead of ``running``.
+
+        Signals (SIGTERM, the requeue signal) are recorded by ``run_stage`` with the step they saved.
+        """
+        if isinstance(exception, SIGTERMException) or not trainer.is_global_zero:
+            return
+        interrupted = isinstance(exception, KeyboardInterrupt)
+        self.manifest.update(status="interrupted" if interrupted else "failed",
+                             stopped_at_step=int(trainer.global_step))
+        if not interrupted:
+            self.manifest["error"] = f"{type(exception).__name__}: {exception}"[:2000]
+        pipeline.write_manifest(self.run_dir, self.manifest)
+
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         metrics = getattr(module, "last_val_metrics", None)
         if trainer.sanity_checking or not metrics:
