@@ -16,15 +16,14 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm import tqdm
 
 from atp.atomic import atomic_write_json
 from atp.cli import hydra_entry
 from atp.data import build_datamodule
-from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
+from atp.data.labels import CLASS_NAMES, PALETTE, colourise
 from atp.inference import acdc_class_prior_weights, segment_probs
-from atp.metrics import SUBSETS, iou_per_class, mean_iou
+from atp.metrics import SegMetric
 from atp.models.weights import CheckpointError, load_segmentor, read_checkpoint
 
 log = logging.getLogger("atp.evaluate")
@@ -83,7 +82,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     datamodule.setup("validate")
     loader = datamodule.val_dataloader()
     num_classes = int(cfg.dataset.num_classes)
-    confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False).to(device)
+    names = list(CLASS_NAMES[:num_classes])
+    metric = SegMetric(num_classes, subsets=tuple(cfg.dataset.class_subsets), class_names=names, validate_args=False)
     prior = acdc_class_prior_weights() if cfg.eval.acdc_class_prior else None
     vis_dir = out_dir / "predictions"
     vis_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
                                   crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, flip=cfg.eval.flip,
                                   class_prior=prior)
             pred = probs.argmax(dim=1)
-            confmat.update(pred, label)
+            metric.update(pred, label)
             for b in range(pred.shape[0]):
                 if written >= cfg.num_vis:
                     break
@@ -106,13 +106,13 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
                 _write_png(vis_dir / f"{name}_pred_gt.png", pair)
                 written += 1
 
-    matrix = confmat.compute().cpu()
-    ious = iou_per_class(matrix).tolist()
-    names = list(CLASS_NAMES[:num_classes])
+    matrix = metric.confmat.cpu()
+    scores = {key: float(value) for key, value in metric.compute().items()}
+    ious = [scores[f"IoU/{n}"] / 100 for n in names]
     result = {
         "ckpt": str(ckpt), "weights": cfg.weights, "dataset": cfg.dataset.name,
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
-        "mIoU": {s: float(mean_iou(matrix, SUBSETS[s])) for s in cfg.dataset.class_subsets},
+        "mIoU": {s: scores[f"mIoU/{s}"] for s in cfg.dataset.class_subsets},
         "per_class_iou": {n: (None if math.isnan(v) else 100 * v) for n, v in zip(names, ious, strict=True)},
         "pixel_acc": float(matrix.diagonal().sum() / matrix.sum().clamp_min(1) * 100),
         "confusion_matrix": matrix.tolist(),
