@@ -79,7 +79,7 @@ def test_requeue_signal_saves_the_step_then_runs_the_previous_handler(data_toy_r
     # the previous handler ran, after the manifest was marked
     assert json.loads(marker.read_text()) == {"signal": signal.SIGUSR2, "status": "interrupted"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    step = manifest["interrupted_at_step"]
+    step = manifest["stopped_at_step"]
     assert manifest["status"] == "interrupted" and EVERY < step < STEPS, manifest
     checkpoint = torch.load(last, weights_only=False)  # loads, and holds the step reached after the signal
     assert checkpoint["global_step"] == step
@@ -107,7 +107,7 @@ def test_requeue_signal_on_one_ddp_rank_stops_both_after_the_same_step(data_toy_
 
     assert returncode == 128 + signal.SIGUSR2, stderr[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    step = manifest["interrupted_at_step"]
+    step = manifest["stopped_at_step"]
     assert manifest["status"] == "interrupted" and EVERY < step < STEPS, manifest
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and len(set(errors)) == 1, stderr[-3000:]  # one per rank, the same step

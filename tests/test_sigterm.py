@@ -66,7 +66,7 @@ def test_sigterm_saves_last_step_marks_manifest_and_resume_finishes(data_toy_roo
     assert len(errors) == 1 and "stopped by SIGTERM" in errors[0] and "resume=true" in errors[0], stderr[-3000:]
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    step = manifest["interrupted_at_step"]
+    step = manifest["stopped_at_step"]
     assert manifest["status"] == "interrupted" and 2 <= step < STEPS
     assert f"after step {step} of {STEPS}" in errors[0]
     # last.ckpt is the step the run stopped at (saved on SIGTERM, not only the periodic step-2 file), and loads

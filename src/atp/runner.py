@@ -155,18 +155,15 @@ class ManifestCallback(Callback):
         self.run_dir, self.manifest = run_dir, manifest
 
     def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
-        """Ctrl-C or a crash (divergence included): the manifest says so instead of ``running``.
-
-        Signals (SIGTERM, the requeue signal) are recorded by ``run_stage`` with the step they saved.
-        """
-        if isinstance(exception, SIGTERMException) or not trainer.is_global_zero:
-            return
-        interrupted = isinstance(exception, KeyboardInterrupt)
+        """A stopped stage says why instead of ``running``: ``interrupted`` (SIGTERM, the requeue signal,
+        Ctrl-C) or ``failed`` (any crash, divergence included), with the step it stopped at."""
+        interrupted = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         self.manifest.update(status="interrupted" if interrupted else "failed",
                              stopped_at_step=int(trainer.global_step))
         if not interrupted:
             self.manifest["error"] = f"{type(exception).__name__}: {exception}"[:2000]
-        pipeline.write_manifest(self.run_dir, self.manifest)
+        if trainer.is_global_zero:
+            pipeline.write_manifest(self.run_dir, self.manifest)
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         metrics = getattr(module, "last_val_metrics", None)
@@ -311,9 +308,9 @@ def run_stage(
     ckpt_dir = run_dir / "checkpoints"
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every),
+        reliability.SigtermCheckpoint(ckpt_dir / "last.ckpt"),  # [reliability] saves before the manifest says so
         ManifestCallback(run_dir, manifest),
         reliability.DivergenceGuard(ckpt_dir, stage),  # [reliability]
-        reliability.SigtermCheckpoint(ckpt_dir / "last.ckpt"),  # [reliability]
         *(extra_callbacks or []),
     ]
     requeue_signal = reliability.parse_signal(cfg.get("requeue_signal"))  # [reliability] submitit's SIGUSR2
@@ -336,11 +333,7 @@ def run_stage(
         requeue.install()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
-    except SIGTERMException:  # [reliability] Lightning stops after the batch; SigtermCheckpoint saved it
-        manifest.update(status="interrupted", interrupted_at_step=int(trainer.global_step),
-                        last_ckpt=os.path.relpath(ckpt_dir / "last.ckpt", run_dir))
-        if trainer.is_global_zero:
-            pipeline.write_manifest(run_dir, manifest)
+    except SIGTERMException:  # [reliability] SigtermCheckpoint saved the step, ManifestCallback recorded it
         by = requeue if requeue is not None and requeue.received else None
         if by is not None:
             by.restore()
