@@ -37,3 +37,27 @@ def test_parameter_groups_follow_mmcv_names():
     assert by_name["encoder"]["lr"] == pytest.approx(6e-5) and len(by_name["encoder"]["params"]) == 2
     assert all(p is not frozen for g in groups for p in g["params"])
     assert not math.isnan(sum(g["lr"] for g in groups))
+
+
+def test_poly_decays_to_min_lr_ratio():
+    # mmcv poly with min_lr: (base − min) · (1 − t/T)^p + min, as a multiplier of base
+    assert poly_warmup_factor(40000, 40000, 1.0, 0, 1e-6, min_ratio=0.1) == pytest.approx(0.1)
+    assert poly_warmup_factor(20000, 40000, 1.0, 0, 1e-6, min_ratio=0.1) == pytest.approx(0.5 * 0.9 + 0.1)
+
+
+def test_each_parameter_group_decays_to_min_lr(tmp_path):
+    from hydra.utils import instantiate
+
+    from atp.runner import build_module
+    from tests.stage_helpers import stage_cfg
+
+    cfg = stage_cfg("source", tmp_path, tmp_path, tmp_path / "run", "trainer.max_steps=10",
+                    "stage.schedule.warmup_steps=0", "stage.schedule.min_lr=1e-6", "stage.optim.lr=1e-4")
+    module = build_module(cfg, instantiate(cfg.model))
+    module.schedule_cfg["max_steps"] = 10
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for _ in range(10):
+        scheduler.optimizer.step()
+        scheduler.step()
+    # head ×10 and the rest both end at min_lr (absolute), not at a tenth of it for one of them
+    assert all(g["lr"] == pytest.approx(1e-6) for g in scheduler.optimizer.param_groups)

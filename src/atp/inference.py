@@ -80,6 +80,6 @@ def segment_probs(
 def segment(model: Model, img: torch.Tensor, out_size: Sequence[int], **kwargs) -> torch.Tensor:
     """Predicted train ids (B, H, W) at ``out_size``; see :func:`segment_probs` for the options."""
     if kwargs.get("mode", "whole") == "whole" and not kwargs.get("flip") and kwargs.get("class_prior") is None:
-        # softmax does not change the argmax: skip it (and its full-resolution pass)
-        return F.interpolate(model(img), size=tuple(out_size), mode="bilinear", align_corners=False).argmax(dim=1)
+        # softmax does not change the argmax: skip it (and its full-resolution pass); float32 as segment_probs
+        return F.interpolate(model(img).float(), size=tuple(out_size), mode="bilinear", align_corners=False).argmax(dim=1)
     return segment_probs(model, img, out_size, **kwargs).argmax(dim=1)

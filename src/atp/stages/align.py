@@ -57,7 +57,7 @@ class AlignStage(TeacherStage):
         images = batch["img"]
         if self.needs_crop(images):
             self.update_teacher()
-            images = self.pseudo_label(images).images
+            images = self.pseudo_label(images, need_confidence=False).images  # the crop only
         aug_generator = self.step_generator("cpu")
         params = self.strong_aug.draw(aug_generator)
         strong = self.strong_aug.apply(images, params, aug_generator)

@@ -27,10 +27,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def poly_warmup_factor(step: int, max_steps: int, power: float, warmup_steps: int, warmup_ratio: float) -> float:
-    """Learning-rate multiplier: poly decay to 0 over ``max_steps``, linear warm-up from ``warmup_ratio``."""
+def poly_warmup_factor(step: int, max_steps: int, power: float, warmup_steps: int, warmup_ratio: float,
+                       min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier: poly decay to ``min_ratio`` (min_lr / base lr) over ``max_steps``, linear
+    warm-up from ``warmup_ratio`` (mmcv's poly policy)."""
     progress = min(step, max_steps) / max(max_steps, 1)
-    factor = (1.0 - progress) ** power
+    factor = (1.0 - progress) ** power * (1.0 - min_ratio) + min_ratio
     if warmup_steps > 0 and step < warmup_steps:
         factor *= 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
     return factor
@@ -113,13 +115,14 @@ class SegStage(pl.LightningModule):
             fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=bool(fused) or None)
         sched = self.schedule_cfg
+        min_lr = float(sched.get("min_lr") or 0.0)
 
-        def factor(step: int) -> float:
-            return poly_warmup_factor(
-                step, sched["max_steps"], sched["poly_power"], sched["warmup_steps"], sched["warmup_ratio"]
-            )
+        def group_factor(base_lr: float):
+            min_ratio = min_lr / base_lr if base_lr > 0 else 0.0
+            return lambda step: poly_warmup_factor(step, sched["max_steps"], sched["poly_power"],
+                                                   sched["warmup_steps"], sched["warmup_ratio"], min_ratio)
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [group_factor(g["lr"]) for g in optimizer.param_groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def finish_step(self) -> None:

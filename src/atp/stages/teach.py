@@ -60,7 +60,7 @@ class TeachStage(TeacherStage):
         self.update_teacher()
         pseudo = self.pseudo_label(
             batch["img"], keep_probs=self.neg_source == "teacher",
-            confidence=self.thresholds_positives or self.should_log(),  # q is only logged in Teach
+            need_confidence=self.thresholds_positives or self.should_log(),  # q is only logged in Teach
         )
         labels = self.select_positives(pseudo.labels, pseudo.confidence)
         aug_generator = self.step_generator("cpu")

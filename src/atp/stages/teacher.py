@@ -68,16 +68,20 @@ class TeacherStage(SegStage):
         return size is not None and (images.shape[-2] > size[0] or images.shape[-1] > size[1])
 
     @torch.no_grad()
-    def pseudo_label(self, images: torch.Tensor, keep_probs: bool = False, confidence: bool = True) -> PseudoLabels:
+    def pseudo_label(self, images: torch.Tensor, keep_probs: bool = False, need_confidence: bool = True) -> PseudoLabels:
         """Teacher pseudo-labels on weak images; larger inputs get the class-balanced crop (spec §2.6).
 
-        ``confidence=False`` skips the full-resolution softmax when neither the per-pixel confidence
+        ``need_confidence=False`` skips the full-resolution softmax when neither the per-pixel confidence
         nor the quality ``q`` is used this step (``confidence``/``quality`` are then None).
         """
-        need_confidence = confidence
         logits = self.teacher(images)
-        labels, confidence, quality, probs = self._labels_of(logits, images.shape[-2:], keep_probs, need_confidence)
-        if self.needs_crop(images):
+        cropping = self.needs_crop(images)
+        relabel = cropping and self.crop_cfg.get("regen_pseudo", True)
+        # when the crop is re-labelled, the full-image pass only has to place the crop box: labels alone
+        labels, confidence, quality, probs = self._labels_of(
+            logits, images.shape[-2:], keep_probs and not relabel, need_confidence and not relabel
+        )
+        if cropping:
             size = tuple(self.crop_cfg["size"])
             box = class_balanced_crop_box(
                 labels,
@@ -89,7 +93,7 @@ class TeacherStage(SegStage):
                 num_classes=self.num_classes,
             )
             images = crop(images, box, size)
-            if self.crop_cfg.get("regen_pseudo", True):
+            if relabel:
                 logits = self.teacher(images)
                 labels, confidence, quality, probs = self._labels_of(
                     logits, images.shape[-2:], keep_probs, need_confidence
@@ -103,8 +107,9 @@ class TeacherStage(SegStage):
         return PseudoLabels(images, labels, confidence, quality, probs)
 
     def _labels_of(self, logits: torch.Tensor, size, keep_probs: bool, need_confidence: bool = True):
+        logits = self.upsample(logits.detach().float(), size)  # once, for labels, confidence and probs
         if not (need_confidence or keep_probs):  # argmax of the logits = argmax of the probabilities
-            return self.upsample(logits, size).argmax(dim=1), None, None, None
-        labels, confidence, quality = pseudo_labels_from_logits(logits, size=size, conf_threshold=self.conf_threshold)
-        probs = self.upsample(logits, size).softmax(dim=1) if keep_probs else None
+            return logits.argmax(dim=1), None, None, None
+        labels, confidence, quality = pseudo_labels_from_logits(logits, conf_threshold=self.conf_threshold)
+        probs = logits.softmax(dim=1) if keep_probs else None
         return labels, confidence, quality, probs
