@@ -26,7 +26,6 @@ TINY = [
     "data.persistent_workers=false",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
-    "stage.log_interval=1",
     "logger=csv",
 ]
 

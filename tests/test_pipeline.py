@@ -88,3 +88,9 @@ def test_stale_temp_files_are_cleaned(tmp_path):
     removed = pipeline.clean_stale_temp_files(tmp_path)
     assert removed == [stale]
     assert keep.exists() and not stale.exists()
+
+
+def test_chain_overrides_drop_every_per_stage_key_also_with_plus_or_tilde():
+    overrides = ["stage=chain", "dataset=toy", "+ckpt_path=/x.ckpt", "~split_dir", "init_which=teacher",
+                 "resume=true", "seed=3", "stage.optim.lr=1e-4"]
+    assert pipeline.chain_overrides(overrides) == ["dataset=toy", "seed=3", "stage.optim.lr=1e-4"]

@@ -13,6 +13,7 @@ import torch
 from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
+from atp import pipeline
 from atp.runner import run_stage
 from tests.stage_helpers import stage_cfg
 from tests.test_resume import CrashAfterStep
@@ -110,3 +111,19 @@ def test_on_slurm_the_newest_state_wins_and_final_weights_are_the_trained_ones(
     final = torch.load(run_dir / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     differing = [k for k, v in record.weights.items() if not torch.equal(final[f"student.{k}"], v)]
     assert not differing, differing[:5]
+
+
+def test_on_slurm_a_requeued_unfinished_stage_resumes_from_last_ckpt(interrupted, data_toy_root, tmp_path,
+                                                                     monkeypatch):
+    """No hpc_ckpt (submitit's path saves last.ckpt): the same command on SLURM continues the stage."""
+    run_dir = _copy(interrupted, tmp_path)
+    (run_dir / "hpc_ckpt_1.ckpt").unlink()
+    assert pipeline.read_manifest(run_dir)["status"] == "failed"  # the simulated crash, recorded
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    cfg = _cfg(data_toy_root, run_dir)
+    with open_dict(cfg):
+        cfg.trainer.accelerator, cfg.trainer.devices = "cpu", 1
+    record = Record()
+    manifest = run_stage(cfg, run_dir, extra_callbacks=[record])
+    assert record.start == 3 and manifest["status"] == "complete" and manifest["steps"] == 6

@@ -87,7 +87,7 @@ def test_teach_logs_every_interval_with_class_wise_positives(chain, data_toy_roo
     source_ckpt = pipeline.manifest_checkpoint(chain["source"][0] | {"_dir": str(chain["source"][1])})
     run_dir = tmp_path / "teach"
     cfg = stage_cfg("teach", data_toy_root, tmp_path, run_dir,
-                    f"init_from={source_ckpt}", "stage.log_interval=2", "stage.module.pos_threshold=null",
+                    f"init_from={source_ckpt}", "trainer.log_every_n_steps=2", "stage.module.pos_threshold=null",
                     "stage.module.pos_class_keep=0.5", "stage.module.neg_threshold=0.07")
     run_stage(cfg, run_dir)
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))

@@ -130,3 +130,11 @@ def test_align_shows_na_tile_and_wandb_failures_only_warn(data_toy_root, source_
     (panel,) = (_offline_run(run_dir) / "files" / "media" / "images").rglob("*.png")  # only the final one
     pseudo = _tiles(panel)[2]
     assert (pseudo == 128).mean() > 0.8 and pseudo.max() > 200  # grey with a white "n/a"
+
+
+def test_wandb_logger_keeps_the_run_name(tmp_path, monkeypatch):
+    from atp.loggers import make_wandb_logger
+
+    monkeypatch.setenv("WANDB_API_KEY", "")  # emptied variables are removed, the name must survive that loop
+    logger = make_wandb_logger(name="teach-run1", save_dir=str(tmp_path), mode="offline")
+    assert logger._wandb_init["name"] == "teach-run1"

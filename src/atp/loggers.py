@@ -29,16 +29,15 @@ def make_wandb_logger(
     tags: Sequence[str] = (),
     save_dir: str = ".",
     mode: str = "auto",
-    log_model: bool = False,
     name: str | None = None,
     **unused,
 ):
     """A Lightning ``WandbLogger``; offline (files under ``save_dir/wandb``, syncable later) by default."""
     from pytorch_lightning.loggers import WandbLogger
 
-    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY"):
-        if os.environ.get(name) == "":  # an empty variable is invalid for wandb; treat it as unset
-            del os.environ[name]
+    for variable in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY"):
+        if os.environ.get(variable) == "":  # an empty variable is invalid for wandb; treat it as unset
+            del os.environ[variable]
     resolved = wandb_mode(mode)
     os.environ.setdefault("WANDB_SILENT", "true")
     if resolved == "offline":
@@ -53,5 +52,5 @@ def make_wandb_logger(
         pass
     return WandbLogger(
         project=project, entity=entity, group=group, tags=list(tags), save_dir=save_dir, mode=resolved,
-        log_model=log_model, name=name, settings=settings,
+        name=name, settings=settings,
     )

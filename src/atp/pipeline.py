@@ -43,13 +43,17 @@ def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
 
 def chain_key(overrides: Iterable[str]) -> str:
     """Identify a chain by the task overrides that are not stage-specific (dataset, seed, model…)."""
-    kept = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in _NOT_CHAIN_KEYS or key.startswith("stage."):
-            continue
-        kept.append(override)
+    kept = [o for o in chain_overrides(overrides) if not _override_key(o).startswith("stage.")]
     return hashlib.sha1("\n".join(sorted(kept)).encode()).hexdigest()[:12]
+
+
+def chain_overrides(overrides: Iterable[str]) -> list[str]:
+    """The overrides every stage of a chain shares: without the per-stage ones (stage, init_from, resume…)."""
+    return [o for o in overrides if _override_key(o) not in _NOT_CHAIN_KEYS]
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def config_hash(config: Mapping) -> str:

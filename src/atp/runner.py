@@ -258,9 +258,12 @@ def run_stage(
     init_path, init_run = resolve_init(cfg, stage, sweep_dir, key)
 
     resume_path = cfg.ckpt_path
-    # On SLURM, Lightning restores an hpc_ckpt_*.ckpt by itself whenever ckpt_path is unset: decide here
-    # instead, so the newer of it and last.ckpt wins and the manifest and loggers know it is a resume.
-    slurm_restore = SLURMEnvironment.detect() and bool(hpc_checkpoints(run_dir))
+    previous = pipeline.read_manifest(run_dir)
+    # On SLURM a requeued job re-runs the same command: it resumes an unfinished stage of its run dir
+    # (saved by the requeue signal or SIGTERM), and Lightning, which would restore an hpc_ckpt_*.ckpt by
+    # itself whenever ckpt_path is unset, is overruled so the newer of it and last.ckpt wins.
+    unfinished = previous is not None and previous.get("status") != "complete"
+    slurm_restore = SLURMEnvironment.detect() and (unfinished or bool(hpc_checkpoints(run_dir)))
     if resume_path is None and (cfg.resume or slurm_restore):
         newest = resume_checkpoint(run_dir, trust=bool(cfg.trust_checkpoints))
         resume_path = str(newest) if newest else None
@@ -290,7 +293,6 @@ def run_stage(
         run_dir=str(run_dir.resolve()), sweep_dir=str(sweep_dir.resolve()) if sweep_dir else None,
         max_steps=int(cfg.trainer.max_steps), artefacts={},
     )
-    previous = pipeline.read_manifest(run_dir)
     if previous and resume_path:
         manifest["history"] = previous.get("history", [])
     split_dir = cfg.split_dir
@@ -346,11 +348,18 @@ def run_stage(
     finally:
         if requeue is not None:
             requeue.restore()
-    history = manifest.get("history") or []
-    if not history or history[-1]["step"] != trainer.global_step:
-        validate_in_memory(trainer, module, datamodule)
     final = ckpt_dir / "final.ckpt"
-    trainer.save_checkpoint(final, weights_only=True)
+    try:
+        history = manifest.get("history") or []
+        if not history or history[-1]["step"] != trainer.global_step:
+            validate_in_memory(trainer, module, datamodule)
+        trainer.save_checkpoint(final, weights_only=True)
+    except Exception as err:  # [reliability] outside fit, so ManifestCallback.on_exception does not see it
+        manifest.update(status="failed", stopped_at_step=int(trainer.global_step),
+                        error=f"{type(err).__name__}: {err}"[:2000])
+        if trainer.is_global_zero:
+            pipeline.write_manifest(run_dir, manifest)
+        raise
     manifest.update(
         status="complete", final_ckpt=os.path.relpath(final, run_dir), last_ckpt=os.path.relpath(ckpt_dir / "last.ckpt", run_dir),
         steps=int(trainer.global_step), finished_at=time.time(), train_seconds=round(time.time() - started, 1),

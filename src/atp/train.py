@@ -58,7 +58,7 @@ def run_chain(cfg: DictConfig, job_dir: Path) -> list[dict]:
     """All stages of ``chain.stages`` in one job; finished stages are skipped, an unfinished one resumed."""
     from hydra import compose
 
-    overrides = [o for o in _task_overrides() if o.split("=", 1)[0] not in ("stage", "init_from", "resume")]
+    overrides = pipeline.chain_overrides(_task_overrides())
     manifests: list[dict] = []
     previous_ckpt: Path | None = None
     for index, stage in enumerate(cfg.chain.stages):
