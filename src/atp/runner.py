@@ -191,7 +191,8 @@ def build_oracle(cfg: DictConfig) -> BlackBoxSource:
     source.eval()
 
     def predict(images: torch.Tensor) -> torch.Tensor:
-        source.to(images.device)
+        if next(source.parameters()).device != images.device:  # once, on the first batch
+            source.to(images.device)
         logits = torch.nn.functional.interpolate(source(images), size=images.shape[-2:], mode="bilinear",
                                                  align_corners=False)
         return logits.softmax(dim=1)
@@ -205,7 +206,8 @@ def build_module(cfg: DictConfig, model: torch.nn.Module) -> pl.LightningModule:
     if stage.name == "distill":
         extra["oracle"] = build_oracle(cfg)
     module_cfg = OmegaConf.to_container(stage.module, resolve=True)
-    module_cfg.pop("oracle", None)
+    module_cfg.pop("oracle", None)  # build_oracle's options, not the stage's
+    module_cfg.pop("oracle_which", None)
     # Plain containers only: they go into the checkpoint's hyper-parameters, which must load with
     # torch.load(weights_only=True) (instantiate(_recursive_=False) would pass DictConfigs).
     module_class = get_class(module_cfg.pop("_target_"))

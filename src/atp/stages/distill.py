@@ -26,6 +26,19 @@ class BlackBoxSource:
         return self._predict(images)
 
 
+def distill_kl(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T²·KL(p_T ‖ q_T) per pixel, averaged: both sides softened by T (Hinton et al.).
+
+    The source is a black box giving probabilities p, so its softened distribution is p^(1/T)
+    renormalised, i.e. softmax(log p / T), exactly softmax(z / T) for the logits z behind p.
+    """
+    target = target_probs
+    if temperature != 1.0:
+        target = (target_probs.clamp_min(1e-12).log() / temperature).softmax(dim=1)
+    log_probs = (student_logits / temperature).log_softmax(dim=1)
+    return F.kl_div(log_probs, target, reduction="none").sum(dim=1).mean() * temperature**2
+
+
 class DistillStage(SegStage):
     """Pixel-wise KL(source ‖ student) on weakly augmented target images (+ optional hard CE)."""
 
@@ -39,7 +52,6 @@ class DistillStage(SegStage):
         hard_ce_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        kwargs.pop("oracle_which", None)
         super().__init__(model, **kwargs)
         self.oracle = oracle
         self.temperature = temperature
@@ -51,13 +63,12 @@ class DistillStage(SegStage):
         self.begin_step()
         images = batch["img"]
         target = self.oracle(images)  # (B, C, H, W) probabilities at the input size
-        logits = self.upsample(self.student(images), images.shape[-2:]) / self.temperature
-        log_probs = logits.log_softmax(dim=1)
-        kl = F.kl_div(log_probs, target, reduction="none").sum(dim=1).mean() * self.temperature**2
+        logits = self.upsample(self.student(images), images.shape[-2:])
+        kl = distill_kl(logits, target, self.temperature)
         loss = kl
         terms = {"loss/kl": kl}
         if self.hard_ce_weight > 0:
-            hard = F.nll_loss(log_probs, target.argmax(dim=1))
+            hard = F.cross_entropy(logits, target.argmax(dim=1))
             loss = loss + self.hard_ce_weight * hard
             terms["loss/hard_ce"] = hard
         self.manual_backward(loss)
