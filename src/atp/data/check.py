@@ -9,6 +9,7 @@ the fix. Training calls :func:`check_dataset` (``deep=False``) first to fail ear
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ def _check_entry(cfg, role, labelled, deep, num_workers, progress, summary) -> l
     if summary is not None:
         summary.append(row)
     fetch = dataset.fetch_fix()
+    converts = functools.cache(lambda: bool(dataset.label_conversions()))  # lists the label folder: once
     needed = dataset.image_dirs() + (dataset.label_dirs() if labelled else [])
     missing = [d for d in needed if not d.is_dir()]
     if missing:
@@ -114,7 +116,7 @@ def _check_entry(cfg, role, labelled, deep, num_workers, progress, summary) -> l
             if not s.label_found:
                 problems.append(Problem(str(s.label), f"label missing for image {s.image}", fetch))
         raw = sum(1 for s in samples if s.label_found and s.label_encoding != "train_ids")
-        if raw and dataset.label_conversions():
+        if raw and converts():
             problems.append(
                 Problem(
                     str(dataset.root),
@@ -135,17 +137,17 @@ def _check_entry(cfg, role, labelled, deep, num_workers, progress, summary) -> l
         ]
         desc = f"{role}: {dataset.display_name} {dataset.split}"
         for issues in run_jobs(verify_sample, jobs, num_workers, desc, progress):
-            problems += [_problem_for(issue, dataset, fetch) for issue in issues]
+            problems += [_problem_for(issue, dataset, fetch, converts) for issue in issues]
     row.errors = sum(p.severity == "error" for p in problems)
     return problems
 
 
-def _problem_for(issue: FileIssue, dataset, fetch: str) -> Problem:
+def _problem_for(issue: FileIssue, dataset, fetch: str, converts) -> Problem:
     if issue.kind == "size":
         return Problem(
             issue.path, issue.problem + " (resized with nearest when loading)", "none needed", "warning"
         )
-    if issue.path.endswith("_labelTrainIds.png") and dataset.label_conversions():
+    if issue.path.endswith("_labelTrainIds.png") and converts():
         fix = f"delete it and run python -m atp.data.prepare dataset={dataset.config_name}"
     else:
         fix = f"re-extract it from the official archive ({fetch})"

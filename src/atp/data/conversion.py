@@ -15,13 +15,11 @@ import numpy as np
 from atp.atomic import atomic_write_json
 from atp.data.io import (
     DataFileError,
-    bad_values_message,
     read_image,
     read_label,
-    read_raw_label,
     write_png_atomic,
 )
-from atp.data.labels import NUM_CLASSES, invalid_label_values, to_train_ids
+from atp.data.labels import NUM_CLASSES
 
 
 class FileIssue(NamedTuple):
@@ -36,13 +34,10 @@ def convert_label(job: tuple[str, str, str]) -> FileIssue | None:
     """Write the train-id PNG of one raw label file (atomic); return the issue if it cannot."""
     raw_path, train_ids_path, encoding = job
     try:
-        raw = read_raw_label(raw_path, encoding)
-    except DataFileError as err:
+        train_ids = read_label(raw_path, encoding)
+    except DataFileError as err:  # unreadable, or values outside the encoding's table
         return FileIssue(err.path, err.problem, "label")
-    bad = invalid_label_values(raw, encoding)
-    if bad:
-        return FileIssue(raw_path, bad_values_message(bad, encoding), "label")
-    write_png_atomic(train_ids_path, to_train_ids(raw, encoding))
+    write_png_atomic(train_ids_path, train_ids)
     return None
 
 

@@ -87,15 +87,6 @@ def bad_values_message(bad: list[int], encoding: str) -> str:
     return f"label values outside the {encoding} table: {shown}"
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UnreadableFileError(path, f"cannot read the image header ({err})") from err
-
-
 def write_png_atomic(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
     """Write ``array`` as a PNG under a temporary name in the same folder, then ``os.replace`` it.
 
@@ -125,11 +116,6 @@ def _encode_png(path: str, array: np.ndarray, palette: np.ndarray | None) -> Non
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)  # 3-channel arrays are RGB (8 or 16 bit)
     if not cv2.imwrite(path, array):
         raise OSError(f"cv2.imwrite failed for {path}")
-
-
-def write_rgb_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image atomically."""
-    write_png_atomic(path, rgb)
 
 
 def stale_temp_files(folder: str | Path) -> list[Path]:

@@ -57,13 +57,6 @@ ACDC_CLASS_FREQUENCIES: tuple[float, ...] = (
     0.04019, 0.01219, 0.00135, 0.06995, 0.00267, 0.00235, 0.00233, 0.00099, 0.00414,
 )  # fmt: skip
 
-#: Class subsets for mIoU (spec §2.3); the metrics module owns the evaluation, this is the data view.
-CLASS_SUBSETS: dict[str, tuple[int, ...]] = {
-    "all19": tuple(range(NUM_CLASSES)),
-    "syn16": tuple(c for c in range(NUM_CLASSES) if c not in (9, 14, 16)),
-    "syn13": tuple(c for c in range(NUM_CLASSES) if c not in (3, 4, 5, 9, 14, 16)),
-}
-
 
 def acdc_class_prior_weights(strength: float = 0.16) -> np.ndarray:
     """DANNet class-prior weights ``1 + s·(mean(log f) − log f_c) / std(log f)`` (unbiased std)."""
