@@ -234,16 +234,11 @@ class BareStep:
     """
 
     def __init__(self, stage: str, module, device: torch.device, bf16: bool) -> None:
-        from atp.stages.base import parameter_groups
+        from atp.stages.base import make_adamw
 
         self.stage, self.device = stage, device
         self.student = copy.deepcopy(module.student).to(device).train()
-        cfg = module.optim_cfg
-        groups = parameter_groups(self.student.named_parameters(), cfg["lr"], cfg["weight_decay"],
-                                  cfg["head_lr_mult"], cfg["norm_decay_mult"])
-        fused = cfg.get("fused")
-        fused = device.type == "cuda" if fused is None else fused
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=bool(fused) or None)
+        self.optimizer = make_adamw(self.student.named_parameters(), module.optim_cfg, device)  # as the stage's
         self.teacher = None
         if hasattr(module, "teacher"):
             self.teacher = copy.deepcopy(module.student).to(device).eval().requires_grad_(False)

@@ -335,9 +335,6 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: 
     return report
 
 
-SEGMENTOR_PARTS = ("encoder", "decode_head", "proj_head")
-
-
 def load_segmentor(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint",
                    required: tuple[str, ...] = ("encoder", "decode_head")) -> tuple[str, ...]:
     """Strictly load every part of a ``Segmentor`` that ``state_dict`` covers; returns those parts.
@@ -345,7 +342,7 @@ def load_segmentor(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
     The ``required`` parts must be present (a segmentation model needs encoder and decoder); a part the
     model has but the checkpoint lacks (e.g. the projection head) keeps its initial weights.
     """
-    present = {name.split(".", 1)[0] for name in state_dict}
+    present = _top_level(state_dict)
     missing = [part for part in required if part not in present]
     if missing:
         raise CheckpointError(

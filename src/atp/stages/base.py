@@ -38,6 +38,14 @@ def poly_warmup_factor(step: int, max_steps: int, power: float, warmup_steps: in
     return factor
 
 
+def make_adamw(named_params, cfg: Mapping[str, Any], device: torch.device) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups` (spec §4.1); fused on CUDA unless ``cfg['fused']`` says otherwise."""
+    groups = parameter_groups(named_params, cfg["lr"], cfg["weight_decay"], cfg["head_lr_mult"], cfg["norm_decay_mult"])
+    fused = cfg.get("fused")
+    fused = device.type == "cuda" if fused is None else fused
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=bool(fused) or None)
+
+
 def parameter_groups(named_params, lr: float, weight_decay: float, head_lr_mult: float, norm_decay_mult: float):
     """mmcv-style groups (spec §4.1): names with ``head`` get lr × mult; else ``norm`` gets no decay."""
     head, norm, rest = [], [], []
@@ -106,14 +114,7 @@ class SegStage(pl.LightningModule):
         return (("student." + n, p) for n, p in self.student.named_parameters())
 
     def configure_optimizers(self):
-        cfg = self.optim_cfg
-        groups = parameter_groups(
-            self.trainable_named_parameters(), cfg["lr"], cfg["weight_decay"], cfg["head_lr_mult"], cfg["norm_decay_mult"]
-        )
-        fused = cfg.get("fused")
-        if fused is None:
-            fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=bool(fused) or None)
+        optimizer = make_adamw(self.trainable_named_parameters(), self.optim_cfg, self.device)
         sched = self.schedule_cfg
         min_lr = float(sched.get("min_lr") or 0.0)
 
