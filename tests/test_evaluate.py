@@ -65,3 +65,22 @@ def test_evaluate_writes_metrics_and_plots(uda_checkpoint, data_toy_root, tmp_pa
     for name in ("per_class_iou.png", "confusion_matrix.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert len(list((tmp_path / "predictions").glob("*.png"))) == 2
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+
+    from atp.models import build_segmentor
+
+    ckpt = tmp_path / "b0.pth"
+    torch.save(build_segmentor("mit_b0", proj_head=None).state_dict(), ckpt)
+    result = subprocess.run(
+        [sys.executable, "-m", "atp.evaluate", f"ckpt={ckpt}", "model=mitb0", "dataset=gta2cs",
+         f"paths.data_dir={tmp_path / 'nodata'}", "device=cpu", f"output_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=300, cwd=CONF_DIR.parent,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(tmp_path / "nodata") in errors[0] and "folder is missing" in errors[0]

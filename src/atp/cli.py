@@ -7,6 +7,7 @@ works for ``python -m`` inside the checkout; here it is an absolute path (:func:
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -26,10 +27,19 @@ def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], None]], Ca
     found = conf_dir is not None and (conf_dir / f"{config_name}.yaml").is_file()
 
     def decorate(task: Callable[[DictConfig], None]) -> Callable[..., None]:
-        hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir) if found else None,
-                                config_name=config_name)(task)
+        @functools.wraps(task)
+        def guarded(cfg: DictConfig) -> None:
+            try:
+                return task(cfg)
+            except user_errors() as err:  # a mistake the user can fix: one line, no traceback
+                logging.getLogger(task.__module__).error("%s", err)
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(getattr(err, "exit_code", 2))
 
-        @functools.wraps(task)  # __wrapped__ is the undecorated task, as with hydra.main
+        hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir) if found else None,
+                                config_name=config_name)(guarded)
+
+        @functools.wraps(task)
         def entry(cfg_passthrough: DictConfig | None = None) -> None:
             if not found:
                 where = (f"ATP_CONF_DIR={os.environ['ATP_CONF_DIR']}" if os.environ.get("ATP_CONF_DIR")
@@ -40,6 +50,17 @@ def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], None]], Ca
                 sys.exit(2)
             return hydra_main(cfg_passthrough)
 
+        entry.__wrapped__ = guarded  # the task with its error handling, without Hydra (tests/ddp_probe.py)
         return entry
 
     return decorate
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what to fix: printed as one ``error:`` line, exit status 2 (or theirs)."""
+    from atp.data.io import DataFileError
+    from atp.models.weights import CheckpointError
+    from atp.pipeline import HandOffError
+    from atp.runner import UserError
+
+    return (UserError, HandOffError, CheckpointError, DataFileError, FileNotFoundError)

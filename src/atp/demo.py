@@ -16,9 +16,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from atp import pipeline
+from atp.data.config import find_conf_dir
 from atp.summary import collect, write_summary
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = find_conf_dir()
 STAGES = ("source", "align", "teach", "propagate")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -17,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from atp import pipeline
 from atp.cli import hydra_entry
-from atp.models.weights import CheckpointError
 from atp.reliability import is_rank_zero
 from atp.runner import UserError, run_stage
 from atp.summary import write_summary
@@ -112,29 +110,24 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else None
-    try:
-        if multirun and launches_ranks(cfg.trainer):
-            # The re-run repeats -m: rank 1 would start a sweep of its own, in another sweep dir.
-            raise UserError(
-                "a -m sweep cannot start several processes per job (trainer.devices/num_nodes > 1): Lightning "
-                "re-runs the command line for each extra process, sweep included. Run one job without -m "
-                "(stage=chain runs all stages), or launch the sweep on SLURM (hydra/launcher=submitit_slurm)"
-            )
-        if cfg.stage.name == "chain":
-            run_chain(cfg, run_dir)
-            return
-        cfg = apply_per_stage(cfg, _task_overrides())
-        key = pipeline.chain_key(_task_overrides())
-        manifest = run_stage(cfg, run_dir, sweep_dir=sweep_dir, key=key)
-        if sweep_dir is not None and is_rank_zero():
-            write_summary(sweep_dir)
-        metrics = manifest.get("metrics", {})
-        log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU", float("nan")),
-                 run_dir)
-    except (UserError, pipeline.HandOffError, CheckpointError) as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(getattr(err, "exit_code", 2))
+    if multirun and launches_ranks(cfg.trainer):
+        # The re-run repeats -m: rank 1 would start a sweep of its own, in another sweep dir.
+        raise UserError(
+            "a -m sweep cannot start several processes per job (trainer.devices/num_nodes > 1): Lightning "
+            "re-runs the command line for each extra process, sweep included. Run one job without -m "
+            "(stage=chain runs all stages), or launch the sweep on SLURM (hydra/launcher=submitit_slurm)"
+        )
+    if cfg.stage.name == "chain":
+        run_chain(cfg, run_dir)
+        return
+    cfg = apply_per_stage(cfg, _task_overrides())
+    key = pipeline.chain_key(_task_overrides())
+    manifest = run_stage(cfg, run_dir, sweep_dir=sweep_dir, key=key)
+    if sweep_dir is not None and is_rank_zero():
+        write_summary(sweep_dir)
+    metrics = manifest.get("metrics", {})
+    log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU", float("nan")),
+             run_dir)
 
 
 if __name__ == "__main__":
