@@ -66,6 +66,17 @@ def _copy(run_dir, tmp_path):
     return shutil.copytree(run_dir, tmp_path / "run")
 
 
+def _rerun_on_slurm(data_dir, run_dir, monkeypatch) -> tuple[Record, dict]:
+    """The same command again, as a requeued SLURM job (faked through its variables)."""
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    cfg = _cfg(data_dir, run_dir)
+    with open_dict(cfg):
+        cfg.trainer.accelerator, cfg.trainer.devices = "cpu", 1
+    record = Record()
+    return record, run_stage(cfg, run_dir, extra_callbacks=[record])
+
+
 def test_resume_checkpoint_takes_the_highest_step(interrupted, tmp_path):
     from atp.runner import resume_checkpoint
 
@@ -98,13 +109,7 @@ def test_on_slurm_the_newest_state_wins_and_final_weights_are_the_trained_ones(
     step3, step4 = last.read_bytes(), hpc.read_bytes()
     last.write_bytes(step4)
     hpc.write_bytes(step3)
-    for key, value in SLURM_ENV.items():
-        monkeypatch.setenv(key, value)
-    cfg = _cfg(data_toy_root, run_dir)
-    with open_dict(cfg):
-        cfg.trainer.accelerator, cfg.trainer.devices = "cpu", 1
-    record = Record()
-    manifest = run_stage(cfg, run_dir, extra_callbacks=[record])
+    record, manifest = _rerun_on_slurm(data_toy_root, run_dir, monkeypatch)
     assert record.start == 4
     assert manifest["status"] == "complete" and manifest["steps"] == 6
     assert manifest["history"][-1]["step"] == 6  # the final validation ran (training validated at step 4)
@@ -119,11 +124,5 @@ def test_on_slurm_a_requeued_unfinished_stage_resumes_from_last_ckpt(interrupted
     run_dir = _copy(interrupted, tmp_path)
     (run_dir / "hpc_ckpt_1.ckpt").unlink()
     assert pipeline.read_manifest(run_dir)["status"] == "failed"  # the simulated crash, recorded
-    for key, value in SLURM_ENV.items():
-        monkeypatch.setenv(key, value)
-    cfg = _cfg(data_toy_root, run_dir)
-    with open_dict(cfg):
-        cfg.trainer.accelerator, cfg.trainer.devices = "cpu", 1
-    record = Record()
-    manifest = run_stage(cfg, run_dir, extra_callbacks=[record])
+    record, manifest = _rerun_on_slurm(data_toy_root, run_dir, monkeypatch)
     assert record.start == 3 and manifest["status"] == "complete" and manifest["steps"] == 6
