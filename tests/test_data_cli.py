@@ -15,6 +15,7 @@ from atp.data.datamodule import build_datamodule
 from atp.data.fixtures import fixture_train_ids
 from atp.data.io import write_png_atomic
 from atp.data.prepare import prepare_dataset
+from atp.errors import DatasetCheckError
 
 QUIET = ["num_workers=0", "progress=false"]
 
@@ -61,7 +62,7 @@ def test_check_function_shallow_and_deep(data_fixture_copy, data_compose):
 
 def test_training_can_fail_early_with_the_same_message(data_fixture_copy, data_compose):
     cfg = data_compose("cs2acdc_snow", data_fixture_copy)  # the fixture has no snow condition
-    with pytest.raises(check.DatasetCheckError) as err:
+    with pytest.raises(DatasetCheckError) as err:
         check.raise_on_problems(check_dataset(cfg), "cs2acdc_snow")
     message = str(err.value)
     assert (

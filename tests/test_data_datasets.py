@@ -12,13 +12,13 @@ from atp.data.datasets import (
     ACDCDataset,
     CityscapesDataset,
     DarkZurichDataset,
-    DatasetLayoutError,
     GTA5Dataset,
     SynthiaDataset,
 )
 from atp.data.fixtures import FIXTURE_COLOURS, fixture_train_ids
-from atp.data.io import DataFileError, write_png_atomic
+from atp.data.io import write_png_atomic
 from atp.data.transforms import MEAN, STD
+from atp.errors import DataFileError, DatasetLayoutError
 
 
 def assert_image_matches_label(sample: dict) -> None:

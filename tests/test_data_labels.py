@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from atp.data import labels
-from atp.data.io import BadLabelValuesError, UnreadableFileError, read_label, read_raw_label, write_png_atomic
+from atp.data.io import read_label, read_raw_label, write_png_atomic
 from atp.data.transforms import CatMaxRatioCrop, KeepRatioResize, build_train_transform, rescale_size
+from atp.errors import BadLabelValuesError, UnreadableFileError
 
 
 def test_class_table_matches_spec():

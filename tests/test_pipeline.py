@@ -7,6 +7,7 @@ import pytest
 
 from atp import pipeline
 from atp.atomic import atomic_write_json
+from atp.errors import HandOffError
 
 
 def _finished_run(root, name, stage, dataset="toy", model="mit_b0", seed=76, key="k", finished=None):
@@ -49,7 +50,7 @@ def test_newest_matching_run_outside_a_sweep(tmp_path):
 
 
 def test_missing_predecessor_names_the_command(tmp_path):
-    with pytest.raises(pipeline.HandOffError) as err:
+    with pytest.raises(HandOffError) as err:
         pipeline.resolve_predecessor("propagate", dataset="toy", model="mit_b0", seed=76, output_dir=tmp_path)
     message = str(err.value)
     assert "python -m atp.train stage=teach dataset=toy" in message
@@ -61,7 +62,7 @@ def test_unfinished_run_is_not_a_predecessor(tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["status"] = "running"
     (run / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(pipeline.HandOffError):
+    with pytest.raises(HandOffError):
         pipeline.resolve_predecessor("align", dataset="toy", model="mit_b0", seed=76, output_dir=tmp_path)
 
 

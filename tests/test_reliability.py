@@ -17,7 +17,8 @@ from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
 from atp import pipeline
-from atp.models.weights import CheckpointError, read_checkpoint
+from atp.errors import CheckpointError, UserError
+from atp.models.weights import read_checkpoint
 from atp.reliability import (
     AtomicCheckpointIO,
     CheckpointReadError,
@@ -25,7 +26,7 @@ from atp.reliability import (
     DivergenceError,
     batch_names,
 )
-from atp.runner import UserError, run_stage
+from atp.runner import run_stage
 from tests.hostile import HostilePayload
 from tests.stage_helpers import TINY, stage_cfg
 

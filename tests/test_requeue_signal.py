@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from atp.errors import UserError
 from atp.reliability import RequeueSignal, parse_signal
-from atp.runner import UserError
 from tests.test_sigterm import ROOT, _command, _env, _run
 
 STEPS = 12

@@ -17,9 +17,9 @@ import torch
 from omegaconf import OmegaConf
 
 from atp import convert
+from atp.errors import CheckpointError
 from atp.models import build_segmentor
 from atp.models.weights import (
-    CheckpointError,
     check_state_dict,
     infer_segmentor_config,
     load_into,

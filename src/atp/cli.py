@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from atp.data.config import find_conf_dir
+from atp.errors import UserError
 
 
 def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[..., None]]:
@@ -58,9 +59,4 @@ def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], None]], Ca
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says what to fix: printed as one ``error:`` line, exit status 2 (or theirs)."""
-    from atp.data.io import DataFileError
-    from atp.models.weights import CheckpointError
-    from atp.pipeline import HandOffError
-    from atp.runner import UserError
-
-    return (UserError, HandOffError, CheckpointError, DataFileError, FileNotFoundError)
+    return (UserError, FileNotFoundError)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from atp.atomic import atomic_write_json
+from atp.errors import HandOffError
 
 STAGE_ORDER = ("source", "align", "teach", "propagate")
 PREDECESSORS: dict[str, tuple[str, ...]] = {
@@ -24,10 +25,6 @@ PREDECESSORS: dict[str, tuple[str, ...]] = {
 MANIFEST = "manifest.json"
 # Overrides that differ between the stages of one chain and so do not identify the chain.
 _NOT_CHAIN_KEYS = ("stage", "init_from", "init_which", "ckpt_path", "resume", "split_dir")
-
-
-class HandOffError(RuntimeError):
-    """A stage cannot find or use what the previous stage should have produced."""
 
 
 def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:

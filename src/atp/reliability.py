@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Subset
 
 from atp.adaptation import split_easy_hard, write_split
 from atp.atomic import atomic_write
-from atp.runner import UserError
+from atp.errors import CheckpointReadError, CheckpointWriteError, DivergenceError, UserError
 from atp.stages.ranking import rank_target_images
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,6 @@ __all__ = [
     "rank_split",
     "wait_for_split",
 ]
-
-
-class CheckpointWriteError(UserError):
-    """A checkpoint could not be written; the previous file at that path is unchanged."""
-
-
-class CheckpointReadError(UserError):
-    """A checkpoint to resume from is truncated or corrupt."""
-
-
-class DivergenceError(UserError):
-    """Training produced a non-finite gradient; a post-mortem checkpoint was saved."""
 
 
 # ---------------------------------------------------------------------- atomic checkpoints

@@ -21,7 +21,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from atp import pipeline, wandb_panels
 from atp.data import build_datamodule
-from atp.models.weights import CheckpointError, load_into, load_segmentor, read_checkpoint, read_global_step
+from atp.errors import StageInterrupted, UserError
+from atp.models.weights import load_into, load_segmentor, read_checkpoint, read_global_step
 from atp.progress import StageProgressBar
 from atp.stages import STAGES, BlackBoxSource
 
@@ -31,22 +32,6 @@ warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimiz
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 # Validation metrics come from a torchmetrics confusion matrix, which is all-reduced before compute().
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level.*")
-
-
-class UserError(RuntimeError):
-    """A mistake the user can fix; the entry point prints the message alone (no traceback)."""
-
-    exit_code = 2
-
-
-class StageInterrupted(UserError):
-    """The stage was stopped by a signal; ``last.ckpt`` holds the last finished step (exit status 128 + signal)."""
-
-    exit_code = 143
-
-    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + int(signum)
 
 
 def ensure_writable(run_dir: Path) -> None:
@@ -397,4 +382,4 @@ def ensure_split(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, split_d
                                   easy_ratio=cfg.stage.rank.easy_ratio, device=device)
 
 
-__all__ = ["CheckpointError", "StageInterrupted", "UserError", "run_stage"]
+__all__ = ["run_stage"]

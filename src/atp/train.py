@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from atp import pipeline
 from atp.cli import hydra_entry
+from atp.errors import UserError
 from atp.reliability import is_rank_zero
-from atp.runner import UserError, run_stage
+from atp.runner import run_stage
 from atp.summary import write_summary
 
 log = logging.getLogger("atp.train")

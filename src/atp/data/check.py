@@ -17,6 +17,7 @@ from typing import Any
 
 from atp.data.config import ROLES, as_config, compose_cli, instantiate_entry
 from atp.data.conversion import FileIssue, run_jobs, verify_sample
+from atp.errors import DatasetCheckError
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,6 @@ class EntrySummary:
     expected: int | None
     labelled: bool
     errors: int = 0
-
-
-class DatasetCheckError(RuntimeError):
-    """Raised by :func:`raise_on_problems`: the message lists every problem."""
 
 
 def check_dataset(

@@ -13,13 +13,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from atp.atomic import atomic_write_json
-from atp.data.io import (
-    DataFileError,
-    read_image,
-    read_label,
-    write_png_atomic,
-)
+from atp.data.io import read_image, read_label, write_png_atomic
 from atp.data.labels import NUM_CLASSES
+from atp.errors import DataFileError
 
 
 class FileIssue(NamedTuple):

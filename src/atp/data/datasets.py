@@ -22,17 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from atp.data.io import DataFileError, read_image, read_label
+from atp.data.io import read_image, read_label
 from atp.data.transforms import build_eval_transform, build_train_transform, reseed
+from atp.errors import DataFileError, DatasetLayoutError
 
 log = logging.getLogger(__name__)
 
 #: How many following samples ``__getitem__`` tries before giving up on a run of unusable files.
 MAX_CONSECUTIVE_SKIPS = 32
-
-
-class DatasetLayoutError(DataFileError):
-    """The dataset folder is missing or does not have the expected layout."""
 
 
 @dataclass(frozen=True)

@@ -11,26 +11,9 @@ from PIL import Image
 
 from atp.atomic import create_temp_beside
 from atp.data.labels import invalid_label_values, to_train_ids
+from atp.errors import BadLabelValuesError, UnreadableFileError
 
 cv2.setNumThreads(0)  # one decode per worker process; avoids oversubscription inside DataLoader workers
-
-
-class DataFileError(Exception):
-    """A data file that cannot be used; ``path`` names it and ``fix`` says what to run or do."""
-
-    def __init__(self, path: str | Path, problem: str, fix: str = ""):
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{self.path}: {problem}" + (f" (fix: {fix})" if fix else ""))
-
-
-class UnreadableFileError(DataFileError):
-    """Missing, truncated or undecodable file."""
-
-
-class BadLabelValuesError(DataFileError):
-    """A label file holding values outside its encoding's table."""
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from atp.atomic import atomic_write
+from atp.errors import CheckpointError
 
 __all__ = [
     "CONVERTED_FORMAT",
@@ -56,10 +57,6 @@ _MMSEG_TO_SEGMENTOR = {"backbone": "encoder", "decode_head": "decode_head", "aux
 _MIT_KEY = re.compile(r"^(patch_embed[1-4]|block[1-4]|norm[1-4])\.")
 _ENCODER_BLOCK_KEY = re.compile(r"^encoder\.block([1-4])\.(\d+)\.")
 _LISTED_NAMES = 8  # how many key names an error message spells out per category
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read, is of an unknown format, or does not fit the model."""
 
 
 @dataclass
