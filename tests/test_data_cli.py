@@ -103,31 +103,34 @@ def data_compose_free(name, data_dir):
 
 def test_prepare_killed_midway_leaves_no_partial_file(data_fixture_copy, monkeypatch):
     import atp.data.io as io
+    from atp.atomic import atomic_write
 
-    real_encode, calls = io._encode_png, []
+    real_write, calls = io.atomic_write_bytes, []
 
-    def dying_encode(path, array, palette):
+    def dying_write(path, data):
         calls.append(path)
         if len(calls) == 3:
-            with open(path, "wb") as handle:
-                handle.write(b"\x89PNG half a file")
-            raise KeyboardInterrupt  # as if the run were stopped while writing
-        real_encode(path, array, palette)
+            def half(handle):
+                handle.write(data[: len(data) // 2])
+                raise KeyboardInterrupt  # as if the run were stopped while writing
 
-    monkeypatch.setattr(io, "_encode_png", dying_encode)
+            return atomic_write(path, half)
+        return real_write(path, data)
+
+    monkeypatch.setattr(io, "atomic_write_bytes", dying_write)
     cfg = data_compose_free("gta2cs", data_fixture_copy)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(cfg, num_workers=0, progress=False)
     written = sorted(data_fixture_copy.glob("gta/labels/*_labelTrainIds.png"))
     written += sorted(data_fixture_copy.glob("cityscapes/gtFine/*/*/*_labelTrainIds.png"))
     assert len(written) == 2 and all(np.asarray(Image.open(p)).ndim == 2 for p in written)  # complete files
-    assert list(data_fixture_copy.rglob("*.tmp.png")) == []
+    assert list(data_fixture_copy.rglob("*.tmp")) == []
     # a hard kill (no cleanup) leaves only a hidden temp file, which the next run removes
-    (data_fixture_copy / "gta/labels/.00003.x.tmp.png").write_bytes(b"partial")
-    monkeypatch.setattr(io, "_encode_png", real_encode)
+    (data_fixture_copy / "gta/labels/.00003.png.x.tmp").write_bytes(b"partial")
+    monkeypatch.setattr(io, "atomic_write_bytes", real_write)
     report = prepare_dataset(cfg, num_workers=0, progress=False)
     assert report.removed_temp_files == 1 and report.converted == 12 - 2 and not report.issues
-    assert list(data_fixture_copy.rglob("*.tmp.png")) == []
+    assert list(data_fixture_copy.rglob("*.tmp")) == []
 
 
 def test_prepare_reports_bad_label_values(data_fixture_copy, capsys):

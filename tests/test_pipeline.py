@@ -6,7 +6,7 @@ import time
 import pytest
 
 from atp import pipeline
-from atp.atomic import atomic_write_json
+from atp.atomic import atomic_write_json, clean_stale_temp_files
 from atp.errors import HandOffError
 
 
@@ -86,7 +86,7 @@ def test_stale_temp_files_are_cleaned(tmp_path):
     stale.write_bytes(b"half")
     keep = tmp_path / "checkpoints" / "last.ckpt"
     keep.write_bytes(b"whole")
-    removed = pipeline.clean_stale_temp_files(tmp_path)
+    removed = clean_stale_temp_files(tmp_path)
     assert removed == [stale]
     assert keep.exists() and not stale.exists()
 

@@ -17,6 +17,7 @@ from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
 from atp import pipeline
+from atp.atomic import clean_stale_temp_files
 from atp.errors import CheckpointError, UserError
 from atp.models.weights import read_checkpoint
 from atp.reliability import (
@@ -64,7 +65,7 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     state = torch.load(target, weights_only=True)
     assert state["step"] == 1 and torch.equal(state["w"], torch.arange(10.0))
-    stale = pipeline.clean_stale_temp_files(tmp_path)
+    stale = clean_stale_temp_files(tmp_path)
     assert [p.name for p in stale] and all(p.name.startswith(".last.ckpt.") for p in stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 

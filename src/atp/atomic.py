@@ -1,8 +1,8 @@
 """Atomic file writes: a temp file in the same directory, flush + fsync, then ``os.replace``.
 
 A reader (or a run killed mid-write) sees either the old file or the new one, never half of one.
-Temp files are named ``.<name>.<random>.tmp`` so :func:`atp.pipeline.clean_stale_temp_files` finds
-what a killed writer left. The result has the mode a plain ``open()`` gives (``0o666`` less the
+Temp files are named ``.<name>.<random>.tmp`` so :func:`clean_stale_temp_files` finds what a killed
+writer left. This is the one writer of the package: checkpoints, manifests, JSON reports and PNGs. The result has the mode a plain ``open()`` gives (``0o666`` less the
 umask), or that of the file it replaces. No dependencies: every layer (data, models, adaptation,
 stages) uses it.
 """
@@ -68,3 +68,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
     text = json.dumps(data, indent=indent, default=str) + "\n"  # serialise first: a failure writes nothing
     return atomic_write_text(path, text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temp files killed writers left under ``directory`` (recursive); returns them, sorted."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = sorted(p for p in directory.rglob(".*.tmp") if p.is_file())
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -27,17 +27,6 @@ MANIFEST = "manifest.json"
 _NOT_CHAIN_KEYS = ("stage", "init_from", "init_which", "ckpt_path", "resume", "split_dir")
 
 
-def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Remove temp files a killed writer left behind (``.<name>.*.tmp``); returns what was removed."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    stale = [p for p in directory.rglob(".*.tmp") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
 def chain_key(overrides: Iterable[str]) -> str:
     """Identify a chain by the task overrides that are not stage-specific (dataset, seed, model…)."""
     kept = [o for o in chain_overrides(overrides) if not _override_key(o).startswith("stage.")]

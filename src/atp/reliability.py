@@ -75,7 +75,7 @@ def _fsync_directory(directory: Path) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into ``.<name>.<random>.tmp`` in the destination directory, fsync, ``os.replace``.
 
-    The temp name matches :func:`atp.pipeline.clean_stale_temp_files`, which ``run_stage`` calls at
+    The temp name matches :func:`atp.atomic.clean_stale_temp_files`, which ``run_stage`` calls at
     start, so the leftovers of a killed writer disappear on the next run. A failed write (e.g. a
     full disk) removes the temp file and raises :class:`CheckpointWriteError`.
     """

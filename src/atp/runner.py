@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from atp import pipeline, wandb_panels
+from atp.atomic import clean_stale_temp_files
 from atp.data import build_datamodule
 from atp.errors import StageInterrupted, UserError
 from atp.models.weights import load_into, load_segmentor, read_checkpoint, read_global_step
@@ -239,7 +240,7 @@ def run_stage(
     ensure_writable(run_dir)
     from atp import reliability  # [reliability] lazy: atp.reliability imports UserError from here
     if reliability.is_rank_zero():  # [reliability] another rank may be mid-write of a temp file
-        pipeline.clean_stale_temp_files(run_dir)
+        clean_stale_temp_files(run_dir)
     if cfg.check_data:
         check_data(cfg)
     init_path, init_run = resolve_init(cfg, stage, sweep_dir, key)

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from atp.atomic import atomic_write_json
 from atp.data.io import read_image, read_label, write_png_atomic
 from atp.data.labels import NUM_CLASSES
 from atp.errors import DataFileError
@@ -89,11 +87,6 @@ def run_jobs(
                 yield result
     finally:
         bar.close()
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON under a temporary name in the same folder, then ``os.replace`` it."""
-    atomic_write_json(path, data, indent=1)
 
 
 def unique(items: Iterable[Any]) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from atp.atomic import create_temp_beside
+from atp.atomic import atomic_write_bytes
 from atp.data.labels import invalid_label_values, to_train_ids
 from atp.errors import BadLabelValuesError, UnreadableFileError
 
@@ -71,36 +72,26 @@ def bad_values_message(bad: list[int], encoding: str) -> str:
 
 
 def write_png_atomic(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
-    """Write ``array`` as a PNG under a temporary name in the same folder, then ``os.replace`` it.
+    """Write ``array`` as a PNG through :func:`atp.atomic.atomic_write` (temp file, fsync, rename).
 
-    A run killed half-way leaves at most a hidden ``.*.tmp.png`` file (removed by the next
-    ``prepare``), never a truncated file under the final name. 3-channel arrays are RGB (uint8 or
-    uint16); ``palette`` (256×3 uint8) writes an indexed PNG like the GTA5 label files.
+    A run killed half-way leaves at most a hidden ``.*.tmp`` file (removed by the next ``prepare``),
+    never a truncated file under the final name. 3-channel arrays are RGB (uint8 or uint16);
+    ``palette`` (256×3 uint8) writes an indexed PNG like the GTA5 label files.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_temp_beside(path, suffix=".tmp.png")  # the mode open() gives, not mkstemp's 0600
-    os.close(fd)
-    try:
-        _encode_png(str(tmp), array, palette)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, encode_png(array, palette))
 
 
-def _encode_png(path: str, array: np.ndarray, palette: np.ndarray | None) -> None:
+def encode_png(array: np.ndarray, palette: np.ndarray | None = None) -> bytes:
+    """PNG bytes of ``array`` (the same bytes ``cv2.imwrite``/``PIL.Image.save`` would write to a file)."""
     if palette is not None:
         im = Image.fromarray(array.astype(np.uint8), mode="P")
         im.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
-        im.save(path)
-        return
+        buffer = io.BytesIO()
+        im.save(buffer, format="PNG")
+        return buffer.getvalue()
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)  # 3-channel arrays are RGB (8 or 16 bit)
-    if not cv2.imwrite(path, array):
-        raise OSError(f"cv2.imwrite failed for {path}")
-
-
-def stale_temp_files(folder: str | Path) -> list[Path]:
-    """Temporary files left by a killed :func:`write_png_atomic` in ``folder`` (recursive)."""
-    return sorted(Path(folder).rglob(".*.tmp.png"))
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"cv2.imencode could not encode a {array.dtype} array of shape {array.shape} as PNG")
+    return encoded.tobytes()

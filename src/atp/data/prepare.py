@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atp.atomic import atomic_write_json, clean_stale_temp_files
 from atp.data.config import ROLES, as_config, compose_cli, instantiate_entry
-from atp.data.conversion import FileIssue, convert_label, count_classes, run_jobs, unique, write_json_atomic
-from atp.data.io import stale_temp_files
+from atp.data.conversion import FileIssue, convert_label, count_classes, run_jobs, unique
 from atp.data.labels import CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,7 @@ def prepare_dataset(
                 )
         conversions = dataset.label_conversions()
         for folder in unique(dst.parent for _, dst, _ in conversions):
-            for stale in stale_temp_files(folder):
-                stale.unlink(missing_ok=True)
-                report.removed_temp_files += 1
+            report.removed_temp_files += len(clean_stale_temp_files(folder))
         todo = [(str(raw), str(dst), enc) for raw, dst, enc in conversions if not dst.exists()]
         report.already_converted += len(conversions) - len(todo)
         desc = f"{dataset.display_name} {dataset.split}: label ids → train ids"
@@ -124,7 +122,7 @@ def _write_class_stats(dataset, num_workers: int, progress: bool, report: Prepar
             for name in sorted(rows)
         ],
     }
-    write_json_atomic(path, data)
+    atomic_write_json(path, data, indent=1)
     return str(path)
 
 
