@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from atp.adaptation import EMATeacher, PrototypeEstimator, read_split
+from atp.adaptation import EMATeacher, PrototypeEstimator
+from atp.data.splits import read_split
 from atp.reliability import rank_split
 from atp.runner import run_stage
 from tests.stage_helpers import TINY, stage_cfg

@@ -21,6 +21,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from atp import pipeline, wandb_panels
 from atp.atomic import clean_stale_temp_files
 from atp.data import build_datamodule
+from atp.data.splits import EASY_FILE, HARD_FILE, has_split
 from atp.errors import StageInterrupted, UserError
 from atp.models.weights import load_into, load_segmentor, read_checkpoint, read_global_step
 from atp.progress import StageProgressBar
@@ -322,11 +323,11 @@ def ensure_split(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, split_d
     """The easy/hard split: a given ``split_dir``, one already ranked in this run dir, or a new ranking."""
     if split_dir:
         path = Path(split_dir)
-        if not (path / "easy.txt").is_file() or not (path / "hard.txt").is_file():
-            raise UserError(f"split_dir={split_dir} must hold easy.txt and hard.txt (one image name per line)")
+        if not has_split(path):
+            raise UserError(f"split_dir={split_dir} must hold {EASY_FILE} and {HARD_FILE} (one image name per line)")
         return path
     path = run_dir / "splits"
-    if (path / "easy.txt").is_file() and (path / "hard.txt").is_file():
+    if has_split(path):
         return path
     from atp import reliability  # [reliability] DDP: shard, gather, rank 0 writes, barrier
     if reliability.distributed_world()[0] == 1 and not reliability.is_rank_zero():
