@@ -12,7 +12,7 @@ from PIL import Image
 from atp.data import check, prepare, toy
 from atp.data.check import check_dataset
 from atp.data.datamodule import build_datamodule
-from atp.data.fixtures import fixture_train_ids
+from tests.data_trees import fixture_train_ids
 from atp.data.io import write_png_atomic
 from atp.data.prepare import prepare_dataset
 from atp.errors import DatasetCheckError

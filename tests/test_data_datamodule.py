@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from atp.data.datamodule import build_datamodule, collate_samples
-from atp.data.fixtures import fixture_train_ids
+from tests.data_trees import fixture_train_ids
 from atp.data.sampler import InfiniteStreamSampler
 
 

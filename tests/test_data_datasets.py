@@ -15,7 +15,7 @@ from atp.data.datasets import (
     GTA5Dataset,
     SynthiaDataset,
 )
-from atp.data.fixtures import FIXTURE_COLOURS, fixture_train_ids
+from tests.data_trees import FIXTURE_COLOURS, fixture_train_ids
 from atp.data.io import write_png_atomic
 from atp.data.transforms import MEAN, STD
 from atp.errors import DataFileError, DatasetLayoutError
