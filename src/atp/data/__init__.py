@@ -22,6 +22,7 @@ _EXPORTS = {
     "CityscapesDataset": "datasets",
     "ACDCDataset": "datasets",
     "DarkZurichDataset": "datasets",
+    "ConditionDataset": "datasets",
     "DatasetLayoutError": "datasets",
     "InfiniteStreamSampler": "sampler",
     "SegDataModule": "datamodule",
