@@ -28,6 +28,7 @@ _EXPORTS = {
     "SegDataModule": "datamodule",
     "build_datamodule": "datamodule",
     "collate_samples": "datamodule",
+    "labels_to_int64": "datamodule",
     "read_split_file": "datamodule",
     "Problem": "check",
     "check_dataset": "check",
