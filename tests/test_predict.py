@@ -160,6 +160,6 @@ def test_inputs_glob_file_and_errors(inputs, tmp_path):
 
 def test_wrong_model_config_names_the_network_in_the_checkpoint(checkpoint, inputs, tmp_path):
     path, _ = checkpoint
-    cfg = compose_predict(f"ckpt={path}", f"input={inputs}", f"out={tmp_path}", "model=mitb0")
+    cfg = compose_predict(f"ckpt={path}", f"input={inputs}", f"out={tmp_path / 'out'}", "model=mitb0")
     with pytest.raises(UserError, match="choose the model= config .* holds a mit_b0 network"):
         predict(cfg)
