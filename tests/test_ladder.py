@@ -170,3 +170,32 @@ def test_tables_arithmetic_against_hand_computed_values():
     change = table["per_class_change"]
     assert [(c["class"], c["change"], c["n"]) for c in change["classes"]] == [
         ("road", pytest.approx(3.0), 2), ("sky", pytest.approx(2.0), 2), ("pole", pytest.approx(1.0), 1)]
+
+
+def test_interrupted_ladder_stops_its_running_job(tmp_path, monkeypatch):
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from atp.ladder import jobs
+    from atp.ladder.plan import Job, Step
+
+    marker = tmp_path / "terminated"
+    ready = tmp_path / "ready"
+    child = (f"import signal, sys, time, pathlib\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(marker)!r}).write_text('x'), sys.exit(143)))\n"
+             f"pathlib.Path({str(ready)!r}).write_text('x')\n"
+             f"time.sleep(60)\n")
+    step = Step("toy", 76, "source", tmp_path / "job" / "0_source")
+    job = Job("toy", 76, "chain", tmp_path / "job", (step,), (sys.executable, "-c", child))
+    def interrupt_once_started(seconds):
+        if ready.exists():
+            raise KeyboardInterrupt  # as Ctrl-C, or SIGTERM through the ladder's handler, would
+        time.sleep(0.05)
+
+    # only the ladder's poll loop sleeps this way (subprocess.wait keeps the real time.sleep)
+    monkeypatch.setattr(jobs, "time", SimpleNamespace(time=time.time, strftime=time.strftime,
+                                                       sleep=interrupt_once_started))
+    with pytest.raises(KeyboardInterrupt):
+        jobs.run_job(job, jobs.Progress([step]), poll_s=0.05)
+    assert marker.read_text() == "x"  # the job got SIGTERM and was waited for, not orphaned

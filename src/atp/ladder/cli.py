@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -105,6 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # SIGTERM (kill, a scheduler) unwinds like Ctrl-C, so the running job is stopped too, not orphaned
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        return run_ladder(args, families, seeds, stages, argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_ladder(args: argparse.Namespace, families: list[str], seeds: list[int], stages: list[str],
+               argv: list[str] | None) -> int:
+    """Train, evaluate and tabulate; 1 when any job or evaluation failed."""
     started = time.time()
     out = Path(args.out).resolve()
     command = shlex.join(["python", "-m", "atp.ladder", *(sys.argv[1:] if argv is None else argv)])

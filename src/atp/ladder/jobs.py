@@ -71,16 +71,20 @@ def run_job(job: Job, progress: Progress, poll_s: float = 1.0) -> JobOutcome:
         process = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         started = time.time()
         progress.report(pending[0], "running")
-        while True:
-            returncode = process.poll()
-            while pending and pending[0].manifest() is not None:
-                progress.report(pending.popleft(), "done", time.time() - started)
-                started = time.time()
-                if pending and returncode is None:
-                    progress.report(pending[0], "running")
-            if returncode is not None:
-                break
-            time.sleep(poll_s)
+        try:
+            while True:
+                returncode = process.poll()
+                while pending and pending[0].manifest() is not None:
+                    progress.report(pending.popleft(), "done", time.time() - started)
+                    started = time.time()
+                    if pending and returncode is None:
+                        progress.report(pending[0], "running")
+                if returncode is not None:
+                    break
+                time.sleep(poll_s)
+        except BaseException:  # Ctrl-C or SIGTERM of the ladder: the job saves its step and stops with it
+            stop(process)
+            raise
     if returncode == 0 and not pending:
         return JobOutcome(job, ok=True, returncode=0)
     if pending:
@@ -91,6 +95,17 @@ def run_job(job: Job, progress: Progress, poll_s: float = 1.0) -> JobOutcome:
     for line in tail(job.log, TAIL_LINES):
         progress.say(f"    | {line}")
     return JobOutcome(job, ok=False, returncode=returncode)
+
+
+def stop(process: subprocess.Popen, grace_s: float = 120.0) -> None:
+    """SIGTERM a running job (a stage saves its last step and marks itself interrupted), then wait for it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def tail(path: Path, count: int) -> list[str]:
