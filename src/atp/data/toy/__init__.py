@@ -1,0 +1,100 @@
+"""The toy domain shift: procedurally generated street scenes in the real on-disk layouts.
+
+``python -m atp.data.toy out=data/toy n_source=300 n_target=200 n_val=100 seed=0 size=256x128``
+
+* source, GTA5 layout: ``out/gta/images/00001.png`` + ``out/gta/labels/00001.png`` (Cityscapes label
+  ids in an indexed PNG, as GTA5 ships them);
+* target, Cityscapes layout: ``out/cityscapes/leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png``
+  + ``out/cityscapes/gtFine/{train,val}/<city>/<name>_gtFine_labelIds.png``.
+
+Both domains draw their scene *layout* (horizon, road, sidewalks, buildings, trees, poles with
+lights and signs, cars, trucks, buses, trams, people, riders on bicycles and motorcycles, small
+void objects) from the same distribution; only the *appearance* differs. The source looks like a
+clean game render; the target is a mix of dusk/night, fog and rain looks, with a shifted class
+palette (overcast sky, autumn vegetation, wet road, other facades), coarser textures, lit windows
+at night, camera noise, blur and a colour cast; :class:`TargetLook` holds the strengths. Every image
+is a function of ``(seed, domain, index)`` only.
+
+Modules: :mod:`~atp.data.toy.scene` (label ids, materials, the scene canvas),
+:mod:`~atp.data.toy.layout` and :mod:`~atp.data.toy.objects` (the scene layout),
+:mod:`~atp.data.toy.render` (the looks), :mod:`~atp.data.toy.generate` (samples, trees,
+``toy_info.json``), :mod:`~atp.data.toy.cli` (``python -m atp.data.toy``).
+
+Measured gap (throwaway script, smp Segformer MiT-B0 from scratch, source-only, CPU): see the
+numbers in ``conf/dataset/toy.yaml``.
+"""
+
+from atp.data.toy.cli import main
+from atp.data.toy.generate import (
+    INFO_FILE,
+    TOY_VERSION,
+    TRAIN_CITIES,
+    VAL_CITIES,
+    ensure_toy_data,
+    generate_toy,
+    read_toy_info,
+    render_scene,
+)
+from atp.data.toy.render import TARGET_CONDITIONS, TARGET_LOOK, TargetLook
+from atp.data.toy.scene import (
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    DYNAMIC,
+    FENCE,
+    LIGHT,
+    MOTORCYCLE,
+    N_MATERIALS,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    SKY,
+    STATIC,
+    TERRAIN,
+    TRAIN,
+    TRUCK,
+    VEGETATION,
+    WALL,
+)
+
+__all__ = [
+    "INFO_FILE",
+    "TOY_VERSION",
+    "TRAIN_CITIES",
+    "VAL_CITIES",
+    "TARGET_CONDITIONS",
+    "TARGET_LOOK",
+    "TargetLook",
+    "ensure_toy_data",
+    "generate_toy",
+    "main",
+    "read_toy_info",
+    "render_scene",
+    # Cityscapes label ids the scenes use
+    "BICYCLE",
+    "BUILDING",
+    "BUS",
+    "CAR",
+    "DYNAMIC",
+    "FENCE",
+    "LIGHT",
+    "MOTORCYCLE",
+    "N_MATERIALS",
+    "PERSON",
+    "POLE",
+    "RIDER",
+    "ROAD",
+    "SIDEWALK",
+    "SIGN",
+    "SKY",
+    "STATIC",
+    "TERRAIN",
+    "TRAIN",
+    "TRUCK",
+    "VEGETATION",
+    "WALL",
+]
