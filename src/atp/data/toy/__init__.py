@@ -35,7 +35,6 @@ from atp.data.toy.generate import (
     read_toy_info,
     render_scene,
 )
-from atp.data.toy.render import TARGET_CONDITIONS, TARGET_LOOK, TargetLook
 from atp.data.toy.scene import (
     BICYCLE,
     BUILDING,
@@ -60,9 +59,13 @@ from atp.data.toy.scene import (
     VEGETATION,
     WALL,
 )
+from atp.data.toy.shifts import DEFAULT_SHIFT, SHIFTS
+from atp.data.toy.shifts.mixed import TARGET_CONDITIONS, TARGET_LOOK, TargetLook
 
 __all__ = [
+    "DEFAULT_SHIFT",
     "INFO_FILE",
+    "SHIFTS",
     "TOY_VERSION",
     "TRAIN_CITIES",
     "VAL_CITIES",
