@@ -12,13 +12,17 @@ from collections.abc import Callable
 import numpy as np
 
 from atp.data.toy.scene import Scene
-from atp.data.toy.shifts import mixed
+from atp.data.toy.shifts import fog, mixed, night, palette, snow
 
 DEFAULT_SHIFT = "mixed"
 
 #: family name → ``render(rng, scene)`` giving the target's RGB uint8 image.
 SHIFTS: dict[str, Callable[[np.random.Generator, Scene], np.ndarray]] = {
     "mixed": mixed.render,
+    "night": night.render,
+    "fog": fog.render,
+    "palette": palette.render,
+    "snow": snow.render,
 }
 
 
