@@ -26,7 +26,7 @@ class NightLook:
     street_light: float = 0.45  # peak gain of the street-light pools
     street_tint: tuple[float, float, float] = (1.2, 1.0, 0.7)  # sodium-orange
     low_beam: tuple[float, float] = (0.4, 0.7)  # peak gain of the camera car's headlights
-    lit_windows: float = 0.35  # share of windows lit, roughly
+    window_threshold: float = 0.4  # windows are lit where a smooth noise exceeds this: about a third
     vehicle_lights: float = 0.8  # probability that another vehicle shows head- or tail-lights
     bloom: float = 0.6  # how much of the light sources' glow spreads around them
     sky: tuple[float, float, float] = (8.0, 10.0, 22.0)
@@ -86,7 +86,7 @@ def render(rng: np.random.Generator, scene: Scene, look: NightLook = NIGHT_LOOK)
 
     # light sources: lit windows, traffic lights, other vehicles' lights
     glow = np.zeros_like(img)
-    lit = (scene.material == M_WINDOW) & (smooth_noise(rng, h, w, 4.0) > 0.4)
+    lit = (scene.material == M_WINDOW) & (smooth_noise(rng, h, w, 4.0) > look.window_threshold)
     glow[lit] = np.array([235, 200, 120], np.float32) * rng.uniform(0.7, 1.0)
     lamps = scene.material == M_LAMP
     glow[lamps] = day[lamps]

@@ -53,6 +53,7 @@ class SnowLook:
     crown_cover: float = 0.4  # share of tree crowns under snow, roughly
     cap: float = 1 / 50  # snow-cap thickness, share of the image height
     slush: float = 0.6  # what the ruts keep of the road's colour (wet, darker)
+    sky_gradient: float = 15.0  # the source's is 60: an even overcast sky
     contrast: float = 0.8  # flat overcast light
     exposure: tuple[float, float] = (1.05, 1.2)
     tint: tuple[float, float, float] = (0.93, 0.97, 1.07)  # blue cast
@@ -102,7 +103,7 @@ def _ruts(rng: np.random.Generator, road: np.ndarray) -> np.ndarray:
 def render(rng: np.random.Generator, scene: Scene, look: SnowLook = SNOW_LOOK) -> np.ndarray:
     """RGB uint8 image of ``scene`` in the ``snow`` family's look."""
     h, w = scene.height, scene.width
-    img = paint(rng, scene, WINTER_COLOURS, sky_gradient=15.0)
+    img = paint(rng, scene, WINTER_COLOURS, sky_gradient=look.sky_gradient)
     snow = np.asarray(SNOW, np.float32)
     material = scene.material
 
