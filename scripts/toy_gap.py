@@ -22,6 +22,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from atp.data.labels import CITYSCAPES_LUT, IGNORE_INDEX
 from atp.data.toy import DEFAULT_SHIFT, SHIFTS, render_scene
@@ -71,8 +72,8 @@ def write_strip(path: Path, seed: int = 0, indices: tuple[int, ...] = (0, 1)) ->
     captions = np.full((16, strip.shape[1], 3), 255, np.uint8)
     for k, name in enumerate(("source", *SHIFTS)):
         cv2.putText(captions, name, (k * 260 + 6, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([captions, strip], 0), cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    # 256 colours: the sensor noise makes a true-colour PNG of these ~1 MB
+    Image.fromarray(np.concatenate([captions, strip], 0)).quantize(256).save(path, optimize=True)
     print(f"wrote {path}")
 
 
