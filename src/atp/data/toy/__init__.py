@@ -1,6 +1,6 @@
 """The toy domain shift: procedurally generated street scenes in the real on-disk layouts.
 
-``python -m atp.data.toy out=data/toy n_source=300 n_target=200 n_val=100 seed=0 size=256x128``
+``python -m atp.data.toy out=data/toy n_source=300 n_target=200 n_val=100 seed=0 size=256x128 shift=mixed``
 
 * source, GTA5 layout: ``out/gta/images/00001.png`` + ``out/gta/labels/00001.png`` (Cityscapes label
   ids in an indexed PNG, as GTA5 ships them);
@@ -10,18 +10,19 @@
 Both domains draw their scene *layout* (horizon, road, sidewalks, buildings, trees, poles with
 lights and signs, cars, trucks, buses, trams, people, riders on bicycles and motorcycles, small
 void objects) from the same distribution; only the *appearance* differs. The source looks like a
-clean game render; the target is a mix of dusk/night, fog and rain looks, with a shifted class
-palette (overcast sky, autumn vegetation, wet road, other facades), coarser textures, lit windows
-at night, camera noise, blur and a colour cast; :class:`TargetLook` holds the strengths. Every image
-is a function of ``(seed, domain, index)`` only.
+clean game render. The target's look is a shift family (``shift=``, :data:`SHIFTS`): ``mixed``
+(the default: dusk/night, fog or rain per image with a shifted palette; :class:`TargetLook`),
+``night``, ``fog``, ``palette`` (another city's colours and textures) or ``snow``. Every image is
+a function of ``(seed, domain, index, shift)`` only; its label map does not depend on ``shift``.
 
 Modules: :mod:`~atp.data.toy.scene` (label ids, materials, the scene canvas),
 :mod:`~atp.data.toy.layout` and :mod:`~atp.data.toy.objects` (the scene layout),
-:mod:`~atp.data.toy.render` (the looks), :mod:`~atp.data.toy.generate` (samples, trees,
-``toy_info.json``), :mod:`~atp.data.toy.cli` (``python -m atp.data.toy``).
+:mod:`~atp.data.toy.render` (what every look shares), :mod:`~atp.data.toy.shifts` (one module per
+target family), :mod:`~atp.data.toy.generate` (samples, trees, ``toy_info.json``),
+:mod:`~atp.data.toy.cli` (``python -m atp.data.toy``).
 
-Measured gap (throwaway script, smp Segformer MiT-B0 from scratch, source-only, CPU): see the
-numbers in ``conf/dataset/toy.yaml``.
+How each family is made and its measured gap (a small source-only model, source val vs target
+val): ``docs/shifts.md``.
 """
 
 from atp.data.toy.cli import main

@@ -25,7 +25,7 @@ from atp.data.toy.scene import (
     M_SIDEWALK,
     M_SIGN,
     M_SKY,
-        M_TERRAIN,
+    M_TERRAIN,
     M_VEG,
     M_VOID,
     M_WALL,
