@@ -119,7 +119,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
         "mIoU": {s: scores[f"mIoU/{s}"] for s in cfg.dataset.class_subsets},
         "per_class_iou": {n: (None if math.isnan(v) else 100 * v) for n, v in zip(names, ious, strict=True)},
-        "pixel_acc": float(matrix.diagonal().sum() / matrix.sum().clamp_min(1) * 100),
+        "pixel_acc": scores["pixel_acc"],
         "confusion_matrix": matrix.tolist(),
     }
     atomic_write_json(out_dir / "metrics.json", result)
