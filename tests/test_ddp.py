@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from atp.adaptation import EMATeacher, PrototypeEstimator, read_split
-from atp.reliability import rank_split
-from atp.runner import run_stage
+from atp.run import run_stage
+from atp.run.split import rank_split
 from tests.stage_helpers import TINY, stage_cfg
 
 ROOT = Path(__file__).resolve().parents[1]

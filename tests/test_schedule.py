@@ -48,7 +48,7 @@ def test_poly_decays_to_min_lr_ratio():
 def test_each_parameter_group_decays_to_min_lr(tmp_path):
     from hydra.utils import instantiate
 
-    from atp.runner import build_module
+    from atp.run.module import build_module
     from tests.stage_helpers import stage_cfg
 
     cfg = stage_cfg("source", tmp_path, tmp_path, tmp_path / "run", "trainer.max_steps=10",

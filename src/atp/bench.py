@@ -2,7 +2,7 @@
 
 ``python -m atp.bench --quick --json outputs/bench.json`` (``make bench``). In one process, for each
 stage the real ``LightningModule`` is built from the Hydra configs (``conf/train.yaml`` with
-``stage=<s> model=<m>``, then :func:`atp.runner.build_module`) and trained by a minimal Lightning
+``stage=<s> model=<m>``, then :func:`atp.run.module.build_module`) and trained by a minimal Lightning
 ``Trainer`` on synthetic in-memory batches; a callback times ``on_train_batch_start`` →
 ``on_train_batch_end`` (the real ``training_step`` with Lightning's manual-optimisation plumbing).
 The same step is then written out bare — only the compute the method cannot avoid — and timed on
@@ -389,7 +389,7 @@ def bench_data(images: int, samples: int) -> float:
 def build_stage(stage: str, args: argparse.Namespace):
     from hydra.utils import instantiate
 
-    from atp.runner import build_module
+    from atp.run.module import build_module
 
     cfg = compose_stage(stage, args)
     torch.manual_seed(int(cfg.seed))

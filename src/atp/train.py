@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from atp import pipeline
 from atp.cli import hydra_entry
 from atp.errors import UserError
-from atp.reliability import is_rank_zero
-from atp.runner import run_stage
+from atp.run import run_stage
+from atp.run.distributed import on_main_process
 from atp.summary import write_summary
 
 log = logging.getLogger("atp.train")
@@ -80,8 +80,7 @@ def run_chain(cfg: DictConfig, job_dir: Path) -> list[dict]:
         manifest["_dir"] = str(stage_dir)
         manifests.append(manifest)
         previous_ckpt = pipeline.manifest_checkpoint(manifest)
-        if is_rank_zero():  # under DDP every rank runs the chain; one writes the summary
-            write_summary(job_dir)
+        on_main_process(write_summary, job_dir)  # under DDP every rank runs the chain; one writes the summary
     return manifests
 
 
@@ -124,8 +123,8 @@ def main(cfg: DictConfig) -> None:
     cfg = apply_per_stage(cfg, _task_overrides())
     key = pipeline.chain_key(_task_overrides())
     manifest = run_stage(cfg, run_dir, sweep_dir=sweep_dir, key=key)
-    if sweep_dir is not None and is_rank_zero():
-        write_summary(sweep_dir)
+    if sweep_dir is not None:
+        on_main_process(write_summary, sweep_dir)
     metrics = manifest.get("metrics", {})
     log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU", float("nan")),
              run_dir)
