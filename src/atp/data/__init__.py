@@ -27,7 +27,7 @@ _EXPORTS = {
     "SegDataModule": "datamodule",
     "build_datamodule": "datamodule",
     "collate_samples": "datamodule",
-    "read_split_file": "datamodule",
+    "read_split": "splits",
     "Problem": "check",
     "check_dataset": "check",
     "prepare_dataset": "prepare",

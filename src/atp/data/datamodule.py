@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, default_collate
 from atp.data.config import as_config, instantiate_entry
 from atp.data.datasets import SegmentationDataset
 from atp.data.sampler import InfiniteStreamSampler
+from atp.data.splits import read_split
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +48,6 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
                 "use val_batch_size=1 for datasets with mixed image sizes"
             )
     return default_collate(batch)
-
-
-def read_split_file(path: str | Path) -> list[str]:
-    """Sample names from an easy/hard split file (one per line, blank lines ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: split file missing; it is written by the entropy ranking that precedes stage=propagate "
-            "(run stage=teach first, or pass split_dir=<folder with easy.txt and hard.txt>)"
-        )
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -138,7 +128,8 @@ class SegDataModule(pl.LightningDataModule):
                 **train,
             )
         if stream in ("easy", "hard"):
-            names = read_split_file(self.split_dir / f"{stream}.txt")
+            easy, hard = read_split(self.split_dir)
+            names = easy if stream == "easy" else hard
             return self._instantiate(
                 "target",
                 labelled=False,

@@ -13,11 +13,11 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from atp.adaptation import split_easy_hard, write_split
+from atp.adaptation.ranking import rank_target_images
 from atp.data import build_datamodule
+from atp.data.splits import EASY_FILE, HARD_FILE, has_split, write_split
 from atp.errors import UserError
 from atp.run.distributed import distributed_world, is_main_process
-from atp.stages.ranking import rank_target_images
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,11 @@ def ensure_split(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, split_d
     """The easy/hard split: a given ``split_dir``, one already ranked in this run dir, or a new ranking."""
     if split_dir:
         path = Path(split_dir)
-        if not (path / "easy.txt").is_file() or not (path / "hard.txt").is_file():
-            raise UserError(f"split_dir={split_dir} must hold easy.txt and hard.txt (one image name per line)")
+        if not has_split(path):
+            raise UserError(f"split_dir={split_dir} must hold {EASY_FILE} and {HARD_FILE} (one image name per line)")
         return path
     path = run_dir / "splits"
-    if (path / "easy.txt").is_file() and (path / "hard.txt").is_file():
+    if has_split(path):
         return path
     if distributed_world()[0] == 1 and not is_main_process():
         return wait_for_split(path)  # a rank launched before the process group exists
@@ -46,7 +46,8 @@ def ensure_split(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, split_d
 def rank_split(
     model: torch.nn.Module, loader: DataLoader, out_dir: str | os.PathLike, easy_ratio: float = 0.3, device="cpu"
 ) -> Path:
-    """:func:`atp.stages.ranking.make_split`, sharded over ``torch.distributed`` ranks.
+    """The entropy ranking and easy/hard split (:func:`atp.adaptation.ranking.rank_target_images`,
+    :func:`atp.data.splits.write_split`), sharded over ``torch.distributed`` ranks.
 
     Rank ``r`` of ``w`` scores images ``r, r+w, …`` of the loader's dataset (no padding), the
     ``(name, score)`` lists are all-gathered, rank 0 writes the split, and all ranks meet at a
@@ -81,14 +82,7 @@ def rank_split(
 
 
 def _write_ranked(names: list[str], scores: list[float], out_dir: Path, easy_ratio: float) -> None:
-    if not names:
-        raise RuntimeError("entropy ranking found no target-train images; check the dataset with atp.data.check")
-    if len(set(names)) != len(names):
-        raise RuntimeError("entropy ranking scored an image twice; the rank shards overlap")
-    easy, hard = split_easy_hard(names, scores, easy_ratio=easy_ratio)
-    if not easy or not hard:
-        raise RuntimeError(f"the easy/hard split of {len(names)} images with easy_ratio={easy_ratio} leaves one side empty")
-    write_split(out_dir, easy, hard, scores=dict(zip(names, scores, strict=True)))
+    easy, hard = write_split(out_dir, names, scores, easy_ratio=easy_ratio)
     log.info("entropy ranking: %d easy / %d hard images → %s", len(easy), len(hard), out_dir)
 
 
@@ -96,7 +90,7 @@ def wait_for_split(out_dir: str | os.PathLike, timeout_s: float = 3600.0, poll_s
     """Wait until rank 0 has written ``easy.txt`` and ``hard.txt`` (ranks started without a process group)."""
     out_dir = Path(out_dir)
     deadline = time.monotonic() + timeout_s
-    while not ((out_dir / "easy.txt").is_file() and (out_dir / "hard.txt").is_file()):
+    while not has_split(out_dir):
         if time.monotonic() > deadline:
             raise UserError(f"rank 0 did not write the easy/hard split to {out_dir} within {timeout_s:.0f} s")
         time.sleep(poll_s)

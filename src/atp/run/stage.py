@@ -28,13 +28,14 @@ from atp.run.distributed import on_main_process
 from atp.run.init_weights import load_initial_weights, resolve_init
 from atp.run.lightning_private import validate_in_memory
 from atp.run.manifest import mark_complete, mark_failed, start_manifest
-from atp.run.module import build_module
 from atp.run.resume import choose_resume_path
 from atp.run.signals import RequeueSignal
 from atp.run.split import ensure_split
-from atp.stages import STAGES
+from atp.stages import build_stage_module, check_stage_options
+from atp.stages.base import SegStage
 
 log = logging.getLogger(__name__)
+EASY_HARD = "easy_hard"  # the data mode (atp.data.datamodule.MODES) that trains on the ranked easy/hard split
 # Manual optimisation saves the post-step state, which is exactly what a resume needs.
 warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -48,29 +49,29 @@ def run_stage(
 ) -> dict:
     """Train one stage end to end and return its manifest (written to ``run_dir/manifest.json``)."""
     run_dir = Path(run_dir)
-    cfg = check_stage_config(cfg, run_dir)
+    stage, cfg = check_stage_config(cfg, run_dir)
     prepare_run_dir(run_dir)
     if cfg.check_data:
         check_data(cfg)
-    init_path, init_run = resolve_init(cfg, cfg.stage.name, sweep_dir, key)
+    init_path, init_run = resolve_init(cfg, stage, sweep_dir, key)
     previous = pipeline.read_manifest(run_dir)
     resume_path = choose_resume_path(cfg, run_dir, previous)
 
     pl.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model)
-    init_note = load_initial_weights(model, cfg, init_path, cfg.stage.name)
+    init_note = load_initial_weights(model, cfg, init_path, stage)
     module = build_training_module(cfg, model)
 
     manifest = start_manifest(cfg, run_dir, sweep_dir, key, init_path, init_run, init_note)
     if previous and resume_path:
         manifest["history"] = previous.get("history", [])
     split_dir = cfg.split_dir
-    if cfg.stage.data_mode == "easy_hard":
+    if stage.data_mode == EASY_HARD:
         split_dir = ensure_split(cfg, model, run_dir, split_dir)
         manifest["artefacts"]["split_dir"] = os.path.relpath(split_dir, run_dir)
     on_main_process(write_run_files, run_dir, manifest, cfg)
 
-    datamodule = build_datamodule(cfg.dataset, mode=cfg.stage.data_mode, split_dir=split_dir, seed=cfg.seed,
+    datamodule = build_datamodule(cfg.dataset, mode=stage.data_mode, split_dir=split_dir, seed=cfg.seed,
                                   **OmegaConf.to_container(cfg.data, resolve=True))
     callbacks = stage_callbacks(cfg, run_dir, manifest, extra_callbacks or [])
     loggers = build_loggers(cfg, run_dir, sweep_dir, resuming=resume_path is not None)
@@ -83,15 +84,15 @@ def run_stage(
     return manifest
 
 
-def check_stage_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """Refuse an unknown stage; a copy of ``cfg`` whose ``run_dir`` (read by ``conf/callbacks``) is ``run_dir``."""
-    if cfg.stage.name not in STAGES:
-        raise UserError(f"stage={cfg.stage.name} is not a training stage; choose one of {', '.join(STAGES)} or chain")
+def check_stage_config(cfg: DictConfig, run_dir: Path) -> tuple[type[SegStage], DictConfig]:
+    """The stage's registry class, its ``stage.module`` options checked (a ``UserError`` names a wrong one),
+    and ``cfg`` with ``run_dir`` (read by ``conf/callbacks``) set to ``run_dir`` (a copy where it differs)."""
+    stage = check_stage_options(cfg.stage)
     if OmegaConf.select(cfg, "run_dir", throw_on_resolution_failure=False) != str(run_dir):
         cfg = cfg.copy()
         with open_dict(cfg):
             cfg.run_dir = str(run_dir)
-    return cfg
+    return stage, cfg
 
 
 def prepare_run_dir(run_dir: Path) -> None:
@@ -120,7 +121,7 @@ def build_training_module(cfg: DictConfig, model: torch.nn.Module) -> pl.Lightni
     """The stage module around ``model``, with ``channels_last`` and ``compile`` applied."""
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    module = build_module(cfg, model)
+    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
     if cfg.compile:
         module.student.compile()
         if hasattr(module, "teacher"):
