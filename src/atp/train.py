@@ -10,8 +10,10 @@ import logging
 import os
 from pathlib import Path
 
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning_fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from atp import pipeline
@@ -76,8 +78,6 @@ def chain_init(stage: str, finished: list[tuple[str, Path]]) -> str:
 
 def compose_chain(cfg: DictConfig, job_dir: Path) -> list[tuple[str, Path, DictConfig]]:
     """(stage, stage dir, config) for each stage of the chain, every stage's module options checked."""
-    from hydra import compose
-
     overrides = pipeline.chain_overrides(_task_overrides())
     planned = []
     for index, stage in enumerate(chain_stages(cfg)):
@@ -117,12 +117,6 @@ def launches_ranks(trainer_cfg: DictConfig) -> bool:
 
     Not when a cluster or torchrun started them (SLURM, LSF, TorchElastic), nor in such a re-run rank.
     """
-    from lightning_fabric.plugins.environments import (
-        LSFEnvironment,
-        SLURMEnvironment,
-        TorchElasticEnvironment,
-    )
-
     if "LOCAL_RANK" in os.environ or any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment,
                                                                   LSFEnvironment)):
         return False
