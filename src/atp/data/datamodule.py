@@ -50,6 +50,20 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return default_collate(batch)
 
 
+def labels_to_int64(batch: Any) -> Any:
+    """``batch`` with every ``label`` tensor widened to int64, in nested stream dicts too.
+
+    Workers deliver labels as uint8 (train ids 0–18 and 255: 8× fewer bytes to pickle, pin and copy);
+    the losses and metrics take int64, so labels are widened once they are on the device.
+    """
+    if not isinstance(batch, Mapping):
+        return batch
+    return {
+        key: value.long() if key == "label" and torch.is_tensor(value) else labels_to_int64(value)
+        for key, value in batch.items()
+    }
+
+
 class SegDataModule(pl.LightningDataModule):
     """Data streams of one stage; see the module docstring for ``mode``.
 
@@ -219,6 +233,10 @@ class SegDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Labels arrive as uint8 and leave as int64 (see :func:`labels_to_int64`)."""
+        return labels_to_int64(batch)
 
     def target_train_names(self) -> list[str]:
         """Names of all target-train images (the order of the predict loader)."""
