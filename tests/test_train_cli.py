@@ -131,6 +131,10 @@ def test_chain_stage_starts_from_its_latest_registry_predecessor_in_the_chain(tm
     assert chain_init("align", [("source", source), ("teach", teach)]) == str(source)
     assert chain_init("align", [("source", source), ("distill", distill)]) == str(distill)
     assert chain_init("teach", [("source", source), ("align", align), ("distill", distill)]) == str(align)
+    # chain.stages=[source, adabn, align, …]: adabn and align both start from source
+    adabn = tmp_path / "adabn.ckpt"
+    assert chain_init("adabn", [("source", source)]) == str(source)
+    assert chain_init("align", [("source", source), ("adabn", adabn)]) == str(source)
     # nothing of the chain to start from: the stage's own default (source: none; align: auto)
     assert chain_init("source", []) == "default"
     assert chain_init("teach", [("source", source)]) == "default"
