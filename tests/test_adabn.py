@@ -68,3 +68,15 @@ def test_adabn_sets_bn_statistics_to_the_target_average_and_changes_no_weight(tm
         torch.testing.assert_close(norm.running_mean.double(), torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(norm.running_var.double(), torch.stack(variances).mean(0), rtol=1e-4, atol=1e-5)
         assert not torch.equal(norm.running_mean, dict(source.named_modules())[name].running_mean)
+
+
+def test_adabn_makes_one_pass_over_the_target_train_set_by_default(tmp_path):
+    cfg = stage_cfg("adabn", tmp_path, tmp_path, tmp_path / "run")
+    assert cfg.stage.module.num_batches is None
+    module = build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=cfg.dataset.num_classes,
+                                seed=cfg.seed)
+    images = [{"img": torch.randn(3, 32, 32), "name": str(i)} for i in range(7)]  # 7 images at 2 a batch
+    trainer = pl.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, train_dataloaders=DataLoader(images, batch_size=2))
+    assert module.num_batches == 4 and trainer.global_step == 4  # ceil(7 / 2)

@@ -8,6 +8,7 @@ LayerNorm, so the adapted layers are the decoder's and the projection head's Bat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,8 +24,8 @@ class AdaBNStage(SegStage):
     It stays a manual-optimisation stage with an optimiser (plain SGD whose parameters never get a
     gradient, so ``step`` changes nothing) because Lightning counts ``global_step`` in optimiser steps:
     checkpoints, resume, validation intervals and the manifest then work as in every other stage. The
-    stage ends after ``num_batches`` batches (about one pass over the target-train set), or at
-    ``trainer.max_steps`` if that comes first.
+    stage ends after ``num_batches`` batches (None: one pass over the target-train set, i.e.
+    ceil(images / batch size)), or at ``trainer.max_steps`` if that comes first.
     """
 
     stage_name = "adabn"
@@ -37,7 +38,7 @@ class AdaBNStage(SegStage):
         self,
         model: torch.nn.Module,
         eval: Mapping,
-        num_batches: int = 1488,
+        num_batches: int | None = None,
         num_classes: int = 19,
         seed: int = 76,
         log_interval: int = 50,
@@ -47,9 +48,9 @@ class AdaBNStage(SegStage):
         super().__init__(model, optim={}, schedule={}, eval=eval, num_classes=num_classes, seed=seed,
                          log_interval=log_interval, collapse_share=collapse_share,
                          collapse_patience=collapse_patience)
-        if num_batches < 1:
-            raise ValueError(f"stage.module.num_batches must be at least 1, got {num_batches}")
-        self.num_batches = int(num_batches)
+        if num_batches is not None and num_batches < 1:
+            raise ValueError(f"stage.module.num_batches must be at least 1 (or null for one pass), got {num_batches}")
+        self.num_batches = None if num_batches is None else int(num_batches)
         for norm in self.batch_norms():
             norm.momentum = None  # cumulative average over all batches since the reset
 
@@ -63,6 +64,9 @@ class AdaBNStage(SegStage):
         return torch.optim.SGD(self.student.parameters(), lr=0.0)
 
     def on_train_start(self) -> None:
+        if self.num_batches is None:  # one pass over the target-train images
+            loader = self.trainer.train_dataloader
+            self.num_batches = math.ceil(len(loader.dataset) / loader.batch_size)
         if self.global_step == 0:  # a new stage (not a resume): forget the source statistics
             for norm in self.batch_norms():
                 norm.reset_running_stats()
