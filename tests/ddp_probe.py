@@ -26,7 +26,7 @@ from atp.reliability import batch_names
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PROBE_DIR = Path(os.environ["ATP_PROBE_DIR"])
-RANK = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_PROCID", "0")))  # re-launched ranks; srun tasks
+RANK = int(os.environ.get("LOCAL_RANK", "0"))  # set for the re-launched ranks from their start
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 _writes = open(PROBE_DIR / f"writes-rank{RANK}.txt", "a", buffering=1)  # open for the life of the process
 

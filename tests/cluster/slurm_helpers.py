@@ -55,8 +55,11 @@ def run(args: list[str], log: Path, timeout: float = 600, **kwargs) -> int:
 
 
 def submitit_jobs(sweep_dir: Path) -> list[str]:
-    """SLURM job ids of a sweep, from submitit's folders ``.submitit/<id>`` or ``.submitit/<id>_<task>``."""
-    return sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name))
+    """SLURM job ids of a sweep, from submitit's folders: ``.submitit/<id>`` for one job, ``<id>_<task>`` for the
+    tasks of a job array (whose ``.submitit/<id>`` holds only the submission script)."""
+    names = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir()]
+    tasks = sorted(n for n in names if re.fullmatch(r"\d+_\d+", n))
+    return tasks or sorted(n for n in names if n.isdigit())
 
 
 def scontrol_job(job_id: str) -> dict[str, str]:
