@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 # tests, slurm-wlm + munge (apt-get, root) and a one-node SLURM (scripts/slurm_local.sh) that it stops again.
 test-cluster: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,slurm]'
-	$(PY) -m pytest -q -m cluster tests/cluster
+	$(PY) -m pytest -q -m cluster --basetemp=/tmp/atp-test-cluster tests/cluster
 
 demo: $(STAMP)
 	$(PY) -m atp.demo

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,9 @@ def test_submitit_local_runs_a_sweep_job(data_toy_root, tmp_path):
     manifest = json.loads((sweep / "0_source" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["steps"] == 2
     # submitit ran the job: its folder holds the pickled job, its result and the job's own log
-    (job,) = [p for p in (sweep / ".submitit").iterdir() if p.is_dir()]
-    assert (job / f"{job.name}_0_result.pkl").is_file() and (job / f"{job.name}_submitted.pkl").is_file()
+    (job,) = [p for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]  # the job id: a process id here
+    assert (job / f"{job.name}_submitted.pkl").is_file()
+    with (job / f"{job.name}_0_result.pkl").open("rb") as handle:
+        assert pickle.load(handle)[0] == "success"
     assert "stage=source" in (job / f"{job.name}_0_log.err").read_text() + (job / f"{job.name}_0_log.out").read_text()
     assert "| source |" in (sweep / "results.md").read_text()
