@@ -12,10 +12,10 @@ from PIL import Image
 from atp.data import check, prepare, toy
 from atp.data.check import check_dataset
 from atp.data.datamodule import build_datamodule
-from atp.data.fixtures import fixture_train_ids
 from atp.data.io import write_png_atomic
 from atp.data.prepare import prepare_dataset
 from atp.errors import DatasetCheckError
+from tests.data_trees import fixture_train_ids
 
 QUIET = ["num_workers=0", "progress=false"]
 
@@ -202,3 +202,22 @@ def test_toy_cli(tmp_path, capsys):
     assert "wrote the toy domain shift" in capsys.readouterr().out
     assert len(list((tmp_path / "toy/gta/images").glob("*.png"))) == 2
     assert toy.main(["bogus=1"]) == 2
+
+
+def test_prepare_check_and_index_report_a_missing_folder_alike(data_fixture_copy, data_compose, capsys):
+    from atp.data.config import instantiate_entry
+    from atp.errors import DatasetLayoutError
+
+    root = data_fixture_copy
+    shutil.rmtree(root / "gta/images")
+    missing = root / "gta/images"
+    line = f"{missing}: GTA5 folder is missing (fix: download the GTA5 images"
+    assert prepare.main(["dataset=gta2cs", f"paths.data_dir={root}", *QUIET]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {line}")
+    with pytest.raises(DatasetLayoutError, match="GTA5 folder is missing"):
+        prepare_dataset(data_compose_free("gta2cs", root), num_workers=0, progress=False)
+    assert check.main(["dataset=gta2cs", f"paths.data_dir={root}", *QUIET]) == 1
+    assert f"error: {line}" in capsys.readouterr().err
+    with pytest.raises(DatasetLayoutError) as err:
+        len(instantiate_entry(data_compose("gta2cs", root), "source", labelled=True))
+    assert str(err.value).startswith(line)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from atp.data.datamodule import build_datamodule, collate_samples
-from atp.data.fixtures import fixture_train_ids
 from atp.data.sampler import InfiniteStreamSampler
+from tests.data_trees import fixture_train_ids
 
 
 def _batches(loader, n):
@@ -25,13 +25,31 @@ def test_source_mode_batches(data_fixture_root, data_compose):
     dm.setup("fit")
     batch = _batches(dm.train_dataloader(), 3)[-1]
     assert batch["img"].shape == (2, 3, 16, 16) and batch["img"].dtype == torch.float32
-    assert batch["label"].shape == (2, 16, 16) and batch["label"].dtype == torch.int64
+    assert batch["label"].shape == (2, 16, 16) and batch["label"].dtype == torch.uint8
     assert set(batch["label"].unique().tolist()) <= {0, 1, 2, 10, 11, 13, 255}
     assert all(name.startswith("images/") for name in batch["name"])
     val = next(iter(dm.val_dataloader()))  # target val: Cityscapes val at the original label size
     assert val["img"].shape == (1, 3, 32, 64) and val["label"].shape == (1, 32, 64)
     assert (val["label"][0].numpy() == fixture_train_ids(100)).all()
     assert (val["label"] == 255).any()
+
+
+def test_labels_leave_the_workers_as_uint8_and_reach_the_step_as_int64(data_fixture_root, data_compose):
+    cfg = data_compose("gta2cs", data_fixture_root)
+    dm = build_datamodule(cfg, "source", batch_size=2, num_workers=2, seed=5)
+    raw = next(iter(dm.train_dataloader()))  # collated in a worker process
+    assert raw["label"].dtype == torch.uint8 and raw["label"].element_size() == 1
+    wide = dm.on_after_batch_transfer(raw, 0)
+    assert wide["label"].dtype == torch.int64 and torch.equal(wide["label"], raw["label"].to(torch.int64))
+    assert wide["img"] is raw["img"] and wide["name"] == raw["name"]
+    # the same first sample read in this process: identical label values
+    key = next(iter(InfiniteStreamSampler(len(dm.dataset("source")), 2, 5, stream="source")))
+    assert torch.equal(wide["label"][0], dm.dataset("source")[key]["label"].to(torch.int64))
+    val = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    assert val["label"].dtype == torch.int64 and (val["label"][0].numpy() == fixture_train_ids(100)).all()
+    # easy_hard: Lightning hands the hook one dict of streams
+    nested = dm.on_after_batch_transfer({"easy": dict(raw), "hard": {"img": raw["img"]}}, 0)
+    assert nested["easy"]["label"].dtype == torch.int64 and "label" not in nested["hard"]
 
 
 def test_target_mode_has_no_labels_and_workers_agree(data_fixture_root, data_compose):

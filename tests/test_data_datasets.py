@@ -15,17 +15,17 @@ from atp.data.datasets import (
     GTA5Dataset,
     SynthiaDataset,
 )
-from atp.data.fixtures import FIXTURE_COLOURS, fixture_train_ids
 from atp.data.io import write_png_atomic
 from atp.data.transforms import MEAN, STD
 from atp.errors import DataFileError, DatasetLayoutError
+from tests.data_trees import FIXTURE_COLOURS, fixture_train_ids
 
 
 def assert_image_matches_label(sample: dict) -> None:
     """Every labelled pixel has its class's flat fixture colour (crops, flips and pads keep this)."""
     rgb = sample["img"].permute(1, 2, 0).numpy() * np.array(STD) + np.array(MEAN)
     label = sample["label"].numpy()
-    assert label.dtype == np.int64 and sample["img"].dtype == torch.float32
+    assert label.dtype == np.uint8 and sample["img"].dtype == torch.float32  # widened on the device
     assert set(np.unique(label)) <= set(FIXTURE_COLOURS)
     for train_id, colour in FIXTURE_COLOURS.items():
         np.testing.assert_allclose(
@@ -158,3 +158,118 @@ def test_split_names_filter(data_fixture_root):
                 data_fixture_root / "cityscapes", split="train", labelled=False, names=["x.png"]
             )
         )
+
+
+# The file lists (name, label, label encoding, label found) the layouts produced before they shared
+# one scan; written out by hand from the fixture trees (tests/data_trees.py), in index order.
+def _cs(split, city, i):
+    return f"leftImg8bit/{split}/{city}/{city}_{i:06d}_000019_leftImg8bit.png"
+
+
+def _cs_label(split, city, i):
+    return f"cityscapes/gtFine/{split}/{city}/{city}_{i:06d}_000019_gtFine_labelIds.png"
+
+
+def _cond(prefix, seq, i):
+    return f"{prefix}/{seq}/{seq}_frame_{i:06d}"
+
+
+EXPECTED_FILES = {
+    "gta": [(f"images/{i:05d}.png", f"gta/labels/{i:05d}.png", "cityscapes_ids", True) for i in (1, 2, 3, 4)],
+    "synthia": [
+        (f"RGB/{i:07d}.png", f"synthia/GT/LABELS/{i:07d}.png", "synthia_ids", True) for i in (0, 1, 2)
+    ],
+    "cityscapes_train": [
+        (_cs("train", city, i), _cs_label("train", city, i), "cityscapes_ids", True)
+        for city, i in (("aachen", 0), ("aachen", 2), ("aachen", 4), ("bremen", 1), ("bremen", 3), ("bremen", 5))
+    ],
+    # conditions in the order given, sequences and frames sorted within each
+    "acdc_night_fog_train": [
+        (
+            _cond(f"rgb_anon/{cond}/train", f"GOPR{c:02d}{i % 2:02d}", i) + "_rgb_anon.png",
+            _cond(f"acdc/gt/{cond}/train", f"GOPR{c:02d}{i % 2:02d}", i) + "_gt_labelTrainIds.png",
+            "train_ids",
+            True,
+        )
+        for cond, c in (("night", 0), ("fog", 1))
+        for i in (0, 2, 1, 3)
+    ],
+    "dark_zurich_train": [
+        (
+            _cond("rgb_anon/train/night", "GOPR0356", i) + "_rgb_anon.png",
+            _cond("dark_zurich/gt/train/night", "GOPR0356", i) + "_gt_labelTrainIds.png",
+            "train_ids",
+            False,  # Dark Zurich ships no train labels
+        )
+        for i in range(4)
+    ],
+    "dark_zurich_val": [
+        (
+            _cond("rgb_anon/val/night", "GOPR0356", i) + "_rgb_anon.png",
+            _cond("dark_zurich/gt/val/night", "GOPR0356", i) + "_gt_labelTrainIds.png",
+            "train_ids",
+            True,
+        )
+        for i in range(2)
+    ],
+}
+
+
+def test_file_lists_of_every_layout(data_fixture_root):
+    root = data_fixture_root
+    datasets = {
+        "gta": GTA5Dataset(root / "gta"),
+        "synthia": SynthiaDataset(root / "synthia"),
+        "cityscapes_train": CityscapesDataset(root / "cityscapes", split="train"),
+        "acdc_night_fog_train": ACDCDataset(root / "acdc", condition=["night", "fog"], split="train"),
+        "dark_zurich_train": DarkZurichDataset(root / "dark_zurich", split="train", labelled=False),
+        "dark_zurich_val": DarkZurichDataset(root / "dark_zurich", split="val"),
+    }
+    for key, ds in datasets.items():
+        found = [
+            (s.name, s.label.relative_to(root).as_posix(), s.label_encoding, s.label_found) for s in ds.scan()
+        ]
+        assert found == EXPECTED_FILES[key], key
+        assert ds.names == [name for name, *_ in EXPECTED_FILES[key]], key
+
+
+def test_label_conversions_pair_raw_and_train_id_files(data_fixture_root):
+    root = data_fixture_root
+    gta = [(a.name, b.name, e) for a, b, e in GTA5Dataset(root / "gta").label_conversions()]
+    assert gta == [(f"{i:05d}.png", f"{i:05d}_labelTrainIds.png", "cityscapes_ids") for i in (1, 2, 3, 4)]
+    cs = CityscapesDataset(root / "cityscapes", split="val").label_conversions()
+    assert [(a.name, b.name) for a, b, _ in cs] == [
+        (f"frankfurt_{i:06d}_000019_gtFine_labelIds.png", f"frankfurt_{i:06d}_000019_gtFine_labelTrainIds.png")
+        for i in (0, 1)
+    ]
+    assert ACDCDataset(root / "acdc").label_conversions() == []  # ships train ids
+
+
+def test_condition_datasets_share_one_base(data_fixture_root):
+    from atp.data.datasets import ConditionDataset
+
+    assert not issubclass(DarkZurichDataset, ACDCDataset) and issubclass(DarkZurichDataset, ConditionDataset)
+    dz = DarkZurichDataset(data_fixture_root / "dark_zurich", split="val")
+    assert dz.conditions == ["night"] and dz.expected_count() == 50
+    assert ACDCDataset(data_fixture_root / "acdc", condition=["night", "fog"], split="val").expected_count() == 206
+    with pytest.raises(ValueError, match="Dark Zurich condition.*choose from night"):
+        DarkZurichDataset(data_fixture_root / "dark_zurich", condition="fog")
+
+
+def test_one_layout_check_lists_every_missing_label(data_fixture_copy):
+    root = data_fixture_copy / "acdc"
+    for frame in ("GOPR0000/GOPR0000_frame_000000", "GOPR0001/GOPR0001_frame_000001"):
+        (root / "gt/night/val" / f"{frame}_gt_labelTrainIds.png").unlink()
+    ds = ACDCDataset(root, condition="night", split="val", config_name="cs2acdc_night")
+    layout = ds.inspect_layout()
+    assert len(layout.samples) == 2 and [e.path for e in layout.errors] == [
+        str(root / "gt/night/val/GOPR0000/GOPR0000_frame_000000_gt_labelTrainIds.png"),
+        str(root / "gt/night/val/GOPR0001/GOPR0001_frame_000001_gt_labelTrainIds.png"),
+    ]
+    assert ds.inspect_layout(labelled=False).errors == []  # target training never needs labels
+    with pytest.raises(DatasetLayoutError) as err:
+        len(ds)  # the index raises the first, counting the rest
+    message = str(err.value)
+    assert message.startswith(layout.errors[0].path + ": label missing for image")
+    assert "1 more like it (python -m atp.data.check dataset=cs2acdc_night lists them all)" in message
+    assert "acdc.vision.ee.ethz.ch" in message

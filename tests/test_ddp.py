@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from atp.adaptation import EMATeacher, PrototypeEstimator, read_split
+from atp.adaptation import EMATeacher, PrototypeEstimator
+from atp.data.splits import read_split
 from atp.reliability import rank_split
 from atp.runner import run_stage
 from tests.stage_helpers import TINY, stage_cfg
@@ -176,7 +177,7 @@ def test_real_ddp_run(stage, source_ckpt, data_toy_root, tmp_path):
         tmp_path, f"stage={stage}", *TINY, *DDP, f"paths.data_dir={data_toy_root}", f"paths.output_dir={out}",
         f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", f"init_from={source_ckpt}",
         # a learning rate that moves the weights in 3 steps (the toy recipe warms up over 20 steps)
-        "stage.optim.lr=1e-3", "stage.schedule.warmup_steps=0",
+        "stage.module.optim.lr=1e-3", "stage.module.schedule.warmup_steps=0",
         # Propagate: the prototype loss from step 1; 1 image per stream (the toy split has 2-3 easy images)
         *(["stage.module.scl.start_step=1", "data.batch_size=1"] if stage == "propagate" else []),
     )

@@ -48,12 +48,14 @@ def test_poly_decays_to_min_lr_ratio():
 def test_each_parameter_group_decays_to_min_lr(tmp_path):
     from hydra.utils import instantiate
 
-    from atp.runner import build_module
+    from atp.stages import build_stage_module
     from tests.stage_helpers import stage_cfg
 
     cfg = stage_cfg("source", tmp_path, tmp_path, tmp_path / "run", "trainer.max_steps=10",
-                    "stage.schedule.warmup_steps=0", "stage.schedule.min_lr=1e-6", "stage.optim.lr=1e-4")
-    module = build_module(cfg, instantiate(cfg.model))
+                    "stage.module.schedule.warmup_steps=0", "stage.module.schedule.min_lr=1e-6",
+                    "stage.module.optim.lr=1e-4")
+    module = build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=cfg.dataset.num_classes,
+                                seed=cfg.seed)
     module.schedule_cfg["max_steps"] = 10
     scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     for _ in range(10):

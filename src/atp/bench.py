@@ -2,7 +2,7 @@
 
 ``python -m atp.bench --quick --json outputs/bench.json`` (``make bench``). In one process, for each
 stage the real ``LightningModule`` is built from the Hydra configs (``conf/train.yaml`` with
-``stage=<s> model=<m>``, then :func:`atp.runner.build_module`) and trained by a minimal Lightning
+``stage=<s> model=<m>``, then :func:`atp.stages.build_stage_module`) and trained by a minimal Lightning
 ``Trainer`` on synthetic in-memory batches; a callback times ``on_train_batch_start`` →
 ``on_train_batch_end`` (the real ``training_step`` with Lightning's manual-optimisation plumbing).
 The same step is then written out bare — only the compute the method cannot avoid — and timed on
@@ -32,8 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from atp.stages import build_stage_module, default_chain
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-ALL_STAGES = ("source", "align", "teach", "propagate")
+#: the stages of the default chain (the bare reference steps below exist for these)
+ALL_STAGES = tuple(default_chain())
 OVERHEAD_TARGET = 1.10
 WORKER_IMG_S_TARGET = 5.0
 CONSUMPTION_MULTIPLE_TARGET = 3.0
@@ -389,12 +392,11 @@ def bench_data(images: int, samples: int) -> float:
 def build_stage(stage: str, args: argparse.Namespace):
     from hydra.utils import instantiate
 
-    from atp.runner import build_module
-
     cfg = compose_stage(stage, args)
     torch.manual_seed(int(cfg.seed))
     model = instantiate(cfg.model)
-    return build_module(cfg, model), int(cfg.dataset.num_classes)
+    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
+    return module, int(cfg.dataset.num_classes)
 
 
 def profile_table(profiler: Any, rows: int = 12) -> str:

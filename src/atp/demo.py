@@ -1,6 +1,6 @@
 """``make demo`` / ``python -m atp.demo``: the whole method on the built-in toy domain shift, on CPU.
 
-Generates the toy data (if missing), runs source → align → teach → propagate as one Hydra sweep
+Generates the toy data (if missing), runs source → adabn (baseline) → align → teach → propagate as one Hydra sweep
 with the ``toy_cpu`` recipe, evaluates every stage's checkpoint on the toy target val and prints
 the table. Extra arguments are passed to ``atp.train`` as overrides (e.g. ``seed=1``).
 """
@@ -20,7 +20,8 @@ from atp.data.config import find_conf_dir
 from atp.summary import collect, write_summary
 
 CONF_DIR = find_conf_dir()
-STAGES = ("source", "align", "teach", "propagate")
+# adabn is a side branch (align still starts from source): a baseline row in the table
+STAGES = ("source", "adabn", "align", "teach", "propagate")
 
 
 TEACHER_STAGES = ("teach", "propagate")  # stages whose checkpoint holds an EMA teacher worth reporting

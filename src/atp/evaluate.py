@@ -91,7 +91,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch")):
             if cfg.limit_batches is not None and index >= cfg.limit_batches:
                 break
-            label = batch["label"].to(device)
+            label = batch["label"].to(device).long()  # loaders deliver uint8 labels; the metric takes int64
             probs = segment_probs(model, batch["img"].to(device), label.shape[-2:], mode=cfg.eval.mode,
                                   crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, flip=cfg.eval.flip,
                                   class_prior=prior)

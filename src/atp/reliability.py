@@ -35,10 +35,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Subset
 
-from atp.adaptation import split_easy_hard, write_split
+from atp.adaptation.ranking import rank_target_images
 from atp.atomic import atomic_write
+from atp.data.splits import has_split, write_split
 from atp.errors import CheckpointReadError, CheckpointWriteError, DivergenceError, UserError
-from atp.stages.ranking import rank_target_images
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,8 @@ def is_rank_zero() -> bool:
 def rank_split(
     model: torch.nn.Module, loader: DataLoader, out_dir: str | os.PathLike, easy_ratio: float = 0.3, device="cpu"
 ) -> Path:
-    """:func:`atp.stages.ranking.make_split`, sharded over ``torch.distributed`` ranks.
+    """The entropy ranking and easy/hard split (:func:`atp.adaptation.ranking.rank_target_images`,
+    :func:`atp.data.splits.write_split`), sharded over ``torch.distributed`` ranks.
 
     Rank ``r`` of ``w`` scores images ``r, r+w, …`` of the loader's dataset (no padding), the
     ``(name, score)`` lists are all-gathered, rank 0 writes the split, and all ranks meet at a
@@ -329,14 +330,7 @@ def rank_split(
 
 
 def _write_ranked(names: list[str], scores: list[float], out_dir: Path, easy_ratio: float) -> None:
-    if not names:
-        raise RuntimeError("entropy ranking found no target-train images; check the dataset with atp.data.check")
-    if len(set(names)) != len(names):
-        raise RuntimeError("entropy ranking scored an image twice; the rank shards overlap")
-    easy, hard = split_easy_hard(names, scores, easy_ratio=easy_ratio)
-    if not easy or not hard:
-        raise RuntimeError(f"the easy/hard split of {len(names)} images with easy_ratio={easy_ratio} leaves one side empty")
-    write_split(out_dir, easy, hard, scores=dict(zip(names, scores, strict=True)))
+    easy, hard = write_split(out_dir, names, scores, easy_ratio=easy_ratio)
     log.info("entropy ranking: %d easy / %d hard images → %s", len(easy), len(hard), out_dir)
 
 
@@ -344,7 +338,7 @@ def wait_for_split(out_dir: str | os.PathLike, timeout_s: float = 3600.0, poll_s
     """Wait until rank 0 has written ``easy.txt`` and ``hard.txt`` (ranks started without a process group)."""
     out_dir = Path(out_dir)
     deadline = time.monotonic() + timeout_s
-    while not ((out_dir / "easy.txt").is_file() and (out_dir / "hard.txt").is_file()):
+    while not has_split(out_dir):
         if time.monotonic() > deadline:
             raise UserError(f"rank 0 did not write the easy/hard split to {out_dir} within {timeout_s:.0f} s")
         time.sleep(poll_s)

@@ -9,11 +9,10 @@ import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -22,10 +21,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from atp import pipeline, wandb_panels
 from atp.atomic import clean_stale_temp_files
 from atp.data import build_datamodule
+from atp.data.splits import EASY_FILE, HARD_FILE, has_split
 from atp.errors import StageInterrupted, UserError
 from atp.models.weights import load_into, load_segmentor, read_checkpoint, read_global_step
 from atp.progress import StageProgressBar
-from atp.stages import STAGES, BlackBoxSource
+from atp.stages import STAGES, build_stage_module
 
 log = logging.getLogger(__name__)
 # Manual optimisation saves the post-step state, which is exactly what a resume needs.
@@ -166,50 +166,8 @@ class ManifestCallback(Callback):
             pipeline.write_manifest(self.run_dir, self.manifest)
 
 
-def build_oracle(cfg: DictConfig) -> BlackBoxSource:
-    """The black-box source for stage=distill: a checkpoint wrapped so only probabilities come out."""
-    path = cfg.stage.module.get("oracle")
-    if not path:
-        raise UserError("stage=distill needs stage.module.oracle=/path/to/source_checkpoint")
-    source = instantiate(cfg.model)
-    state = read_checkpoint(path, which=cfg.stage.module.get("oracle_which", "student"), trust=cfg.trust_checkpoints)
-    load_segmentor(source, state, source=str(path))
-    source.eval()
-
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        if next(source.parameters()).device != images.device:  # once, on the first batch
-            source.to(images.device)
-        logits = torch.nn.functional.interpolate(source(images), size=images.shape[-2:], mode="bilinear",
-                                                 align_corners=False)
-        return logits.softmax(dim=1)
-
-    return BlackBoxSource(predict)
-
-
 def build_module(cfg: DictConfig, model: torch.nn.Module) -> pl.LightningModule:
-    stage = cfg.stage
-    extra: dict[str, Any] = {}
-    if stage.name == "distill":
-        extra["oracle"] = build_oracle(cfg)
-    module_cfg = OmegaConf.to_container(stage.module, resolve=True)
-    module_cfg.pop("oracle", None)  # build_oracle's options, not the stage's
-    module_cfg.pop("oracle_which", None)
-    # Plain containers only: they go into the checkpoint's hyper-parameters, which must load with
-    # torch.load(weights_only=True) (instantiate(_recursive_=False) would pass DictConfigs).
-    module_class = get_class(module_cfg.pop("_target_"))
-    return module_class(
-        model=model,
-        optim=OmegaConf.to_container(stage.optim, resolve=True),
-        schedule=OmegaConf.to_container(stage.schedule, resolve=True),
-        eval=OmegaConf.to_container(stage.eval, resolve=True),
-        num_classes=cfg.dataset.num_classes,
-        seed=cfg.seed,
-        log_interval=stage.log_interval,
-        collapse_share=stage.collapse_share,
-        collapse_patience=stage.collapse_patience,
-        **module_cfg,
-        **extra,
-    )
+    return build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, resuming: bool = False) -> list:
@@ -365,11 +323,11 @@ def ensure_split(cfg: DictConfig, model: torch.nn.Module, run_dir: Path, split_d
     """The easy/hard split: a given ``split_dir``, one already ranked in this run dir, or a new ranking."""
     if split_dir:
         path = Path(split_dir)
-        if not (path / "easy.txt").is_file() or not (path / "hard.txt").is_file():
-            raise UserError(f"split_dir={split_dir} must hold easy.txt and hard.txt (one image name per line)")
+        if not has_split(path):
+            raise UserError(f"split_dir={split_dir} must hold {EASY_FILE} and {HARD_FILE} (one image name per line)")
         return path
     path = run_dir / "splits"
-    if (path / "easy.txt").is_file() and (path / "hard.txt").is_file():
+    if has_split(path):
         return path
     from atp import reliability  # [reliability] DDP: shard, gather, rank 0 writes, barrier
     if reliability.distributed_world()[0] == 1 and not reliability.is_rank_zero():

@@ -21,7 +21,7 @@ from .pseudo_labels import (
     pseudo_labels_from_logits,
     threshold_pseudo_labels,
 )
-from .ranking import image_entropy_scores, read_split, split_easy_hard, write_split
+from .ranking import image_entropy_scores, rank_target_images
 
 __all__ = [
     "AugParams",
@@ -51,9 +51,7 @@ __all__ = [
     "pseudo_label_ce",
     "pseudo_label_ce_and_negative",
     "pseudo_labels_from_logits",
-    "read_split",
+    "rank_target_images",
     "row_ignore_weights",
-    "split_easy_hard",
     "threshold_pseudo_labels",
-    "write_split",
 ]

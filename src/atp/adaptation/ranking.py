@@ -1,31 +1,16 @@
-"""Entropy ranking of target images into a static easy/hard split (§7)."""
+"""Entropy ranking of target images (§7): per-image scores, and all target-train images scored.
+
+The easy/hard split made from the scores, and its files, are :mod:`atp.data.splits`.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
 import torch
-
-from atp.atomic import atomic_write_text
+from tqdm import tqdm
 
 from .losses import normalized_entropy
 
-__all__ = [
-    "image_entropy_scores",
-    "split_easy_hard",
-    "write_split",
-    "read_split",
-    "EASY_FILE",
-    "HARD_FILE",
-    "RANKING_FILE",
-]
-
-EASY_FILE, HARD_FILE, RANKING_FILE = "easy.txt", "hard.txt", "ranking.csv"
+__all__ = ["image_entropy_scores", "rank_target_images"]
 
 
 @torch.no_grad()
@@ -37,52 +22,24 @@ def image_entropy_scores(logits: torch.Tensor) -> torch.Tensor:
     return normalized_entropy(logits).flatten(1).mean(1)
 
 
-def split_easy_hard(
-    names: Sequence[str], scores: Sequence[float] | torch.Tensor, easy_ratio: float = 0.3
-) -> tuple[list[str], list[str]]:
-    """Sort by (score, name) ascending; the first ⌊easy_ratio·n⌋ are easy, the rest hard."""
-    if isinstance(scores, torch.Tensor):
-        scores = scores.detach().cpu().double().tolist()
-    if len(names) != len(scores):
-        raise ValueError(f"{len(names)} names but {len(scores)} scores")
-    ranked = sorted(zip((float(s) for s in scores), (str(n) for n in names), strict=True))
-    ordered = [name for _, name in ranked]
-    n_easy = math.floor(easy_ratio * len(ordered) + 1e-9)  # guard 0.29·100 = 28.999…
-    return ordered[:n_easy], ordered[n_easy:]
+@torch.no_grad()
+def rank_target_images(model: torch.nn.Module, loader, device: torch.device | str = "cpu"
+                       ) -> tuple[list[str], list[float]]:
+    """``(names, scores)``: the mean normalised pixel entropy of every image ``loader`` yields.
 
-
-def write_split(
-    directory: str | os.PathLike,
-    easy: Sequence[str],
-    hard: Sequence[str],
-    scores: Mapping[str, float] | None = None,
-) -> None:
-    """Write easy.txt / hard.txt (one name per line) and, with `scores`, ranking.csv (name,score).
-
-    ranking.csv lists easy then hard, i.e. the ranked order. Each file is replaced atomically.
+    The model runs in eval mode (deterministic; spec §14 #23) on ``device`` and is put back in the
+    mode it had. Batches are dicts with ``img`` and ``name``.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / EASY_FILE, "".join(f"{name}\n" for name in easy))
-    _write_atomic(directory / HARD_FILE, "".join(f"{name}\n" for name in hard))
-    if scores is not None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(("name", "score"))
-        for name in (*easy, *hard):
-            writer.writerow((name, repr(float(scores[name]))))
-        _write_atomic(directory / RANKING_FILE, buffer.getvalue())
-
-
-def read_split(directory: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(easy, hard) name lists written by `write_split`."""
-    directory = Path(directory)
-    return _read_lines(directory / EASY_FILE), _read_lines(directory / HARD_FILE)
-
-
-def _read_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
+    was_training = model.training
+    model.eval().to(device)
+    names: list[str] = []
+    scores: list[torch.Tensor] = []
+    try:
+        for batch in tqdm(loader, desc="entropy ranking", unit="img", leave=False):
+            logits = model(batch["img"].to(device, non_blocking=True))
+            scores.append(image_entropy_scores(logits).float().cpu())
+            names.extend(batch["name"])
+    finally:
+        model.train(was_training)
+    flat = torch.cat(scores).tolist() if scores else []
+    return names, flat

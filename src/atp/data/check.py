@@ -17,7 +17,7 @@ from typing import Any
 
 from atp.data.config import ROLES, as_config, compose_cli, instantiate_entry
 from atp.data.conversion import FileIssue, run_jobs, verify_sample
-from atp.errors import DatasetCheckError
+from atp.errors import DataFileError, DatasetCheckError
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.path}: {self.message} (fix: {self.fix})"
+
+    @classmethod
+    def from_error(cls, err: DataFileError) -> Problem:
+        """The error-severity problem of a data error (e.g. a layout error of the dataset)."""
+        return cls(err.path, err.problem, err.fix)
 
 
 @dataclass
@@ -82,22 +87,13 @@ def _check_entry(cfg, role, labelled, deep, num_workers, progress, summary) -> l
         summary.append(row)
     fetch = dataset.fetch_fix()
     converts = functools.cache(lambda: bool(dataset.label_conversions()))  # lists the label folder: once
-    needed = dataset.image_dirs() + (dataset.label_dirs() if labelled else [])
-    missing = [d for d in needed if not d.is_dir()]
-    if missing:
-        row.errors = len(missing)
-        return [Problem(str(d), f"{dataset.display_name} folder is missing", fetch) for d in missing]
-    samples = dataset.scan()
-    row.images = len(samples)
-    if not samples:
-        row.errors = 1
-        return [
-            Problem(
-                str(dataset.image_dirs()[0]),
-                f"no {dataset.display_name} images for split {dataset.split!r}",
-                fetch,
-            )
-        ]
+    layout = dataset.inspect_layout(labelled)
+    row.images = None if layout.samples is None else len(layout.samples)
+    layout_problems = [Problem.from_error(err) for err in layout.errors]
+    if not layout.samples:  # a folder is missing or the split has no images: nothing more to check
+        row.errors = len(layout_problems)
+        return layout_problems
+    samples = layout.samples
     problems: list[Problem] = []
     if expected is not None and expected != len(samples):
         problems.append(
@@ -108,10 +104,8 @@ def _check_entry(cfg, role, labelled, deep, num_workers, progress, summary) -> l
                 "warning",
             )
         )
+    problems += layout_problems  # labels missing
     if labelled:
-        for s in samples:
-            if not s.label_found:
-                problems.append(Problem(str(s.label), f"label missing for image {s.image}", fetch))
         raw = sum(1 for s in samples if s.label_found and s.label_encoding != "train_ids")
         if raw and converts():
             problems.append(

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, default_collate
 from atp.data.config import as_config, instantiate_entry
 from atp.data.datasets import SegmentationDataset
 from atp.data.sampler import InfiniteStreamSampler
+from atp.data.splits import read_split
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,18 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return default_collate(batch)
 
 
-def read_split_file(path: str | Path) -> list[str]:
-    """Sample names from an easy/hard split file (one per line, blank lines ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: split file missing; it is written by the entropy ranking that precedes stage=propagate "
-            "(run stage=teach first, or pass split_dir=<folder with easy.txt and hard.txt>)"
-        )
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+def labels_to_int64(batch: Any) -> Any:
+    """``batch`` with every ``label`` tensor widened to int64, in nested stream dicts too.
+
+    Workers deliver labels as uint8 (train ids 0–18 and 255: 8× fewer bytes to pickle, pin and copy);
+    the losses and metrics take int64, so labels are widened once they are on the device.
+    """
+    if not isinstance(batch, Mapping):
+        return batch
+    return {
+        key: value.long() if key == "label" and torch.is_tensor(value) else labels_to_int64(value)
+        for key, value in batch.items()
+    }
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -138,7 +142,8 @@ class SegDataModule(pl.LightningDataModule):
                 **train,
             )
         if stream in ("easy", "hard"):
-            names = read_split_file(self.split_dir / f"{stream}.txt")
+            easy, hard = read_split(self.split_dir)
+            names = easy if stream == "easy" else hard
             return self._instantiate(
                 "target",
                 labelled=False,
@@ -228,6 +233,10 @@ class SegDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Labels arrive as uint8 and leave as int64 (see :func:`labels_to_int64`)."""
+        return labels_to_int64(batch)
 
     def target_train_names(self) -> list[str]:
         """Names of all target-train images (the order of the predict loader)."""

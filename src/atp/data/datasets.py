@@ -43,6 +43,14 @@ class SampleFiles:
     label_found: bool = False
 
 
+@dataclass
+class LayoutReport:
+    """What :meth:`SegmentationDataset.inspect_layout` found."""
+
+    samples: list[SampleFiles] | None  # None when a required folder is missing (nothing scanned)
+    errors: list[DatasetLayoutError]
+
+
 def _listing(folder: Path) -> set[str]:
     """File names in ``folder`` (empty when it does not exist)."""
     try:
@@ -135,30 +143,113 @@ class SegmentationDataset(Dataset, ABC):
         else:
             self.transform = build_eval_transform(self.scale)
 
-    # ----------------------------------------------------------------- layout (subclasses)
+    # ----------------------------------------------------------------- layout (subclasses declare it)
+    #: Image file names end with this; the part before it is the sample's base name.
+    image_suffix: ClassVar[str] = ".png"
+    #: ``<base><label_suffix>``: the train-id label of an image (preferred when present).
+    label_suffix: ClassVar[str] = "_labelTrainIds.png"
+    #: ``<base><raw_label_suffix>``: the label as the archive ships it (``None``: ships train ids).
+    raw_label_suffix: ClassVar[str | None] = None
+    #: Encoding of the raw label files ("cityscapes_ids" | "synthia_ids").
+    raw_encoding: ClassVar[str | None] = None
+    #: Images sit one level of subfolders (city, sequence) below each image folder.
+    nested: ClassVar[bool] = True
+
     @abstractmethod
+    def folder_pairs(self) -> list[tuple[Path, Path]]:
+        """``(image folder, label folder)`` of this split, in index order (the layout of a subclass)."""
+
     def image_dirs(self) -> list[Path]:
         """Folders holding this split's images."""
+        return [images for images, _ in self.folder_pairs()]
 
-    @abstractmethod
     def label_dirs(self) -> list[Path]:
         """Folders holding this split's labels."""
+        return [labels for _, labels in self.folder_pairs()]
 
-    def required_dirs(self) -> list[Path]:
+    def required_dirs(self, labelled: bool | None = None) -> list[Path]:
         """Folders that must exist: the image folders, and the label folders when labelled."""
-        return self.image_dirs() + (self.label_dirs() if self.labelled else [])
+        labelled = self.labelled if labelled is None else labelled
+        return self.image_dirs() + (self.label_dirs() if labelled else [])
 
-    @abstractmethod
     def scan(self) -> list[SampleFiles]:
-        """All samples of this split found on disk, sorted by name (labels looked up, not opened)."""
+        """All samples of this split found on disk, sorted by name within each folder pair (labels
+        looked up, not opened)."""
+        raw_suffix = self.raw_label_suffix
+        samples = []
+        for image_root, label_root in self.folder_pairs():
+            groups = sorted(p for p in image_root.iterdir() if p.is_dir()) if self.nested else [image_root]
+            for group in groups:
+                labels_dir = label_root / group.name if self.nested else label_root
+                existing = _listing(labels_dir)
+                for image in sorted(group.glob(f"*{self.image_suffix}")):
+                    base = image.name[: -len(self.image_suffix)]
+                    label, encoding, found = _pick_label(
+                        labels_dir,
+                        base + self.label_suffix,
+                        base + raw_suffix if raw_suffix is not None else None,
+                        self.raw_encoding,
+                        existing,
+                    )
+                    name = image.relative_to(self.root).as_posix()
+                    samples.append(SampleFiles(name, image, label, encoding, found))
+        return samples
 
     def label_conversions(self) -> list[tuple[Path, Path, str]]:
         """``(raw label, train-id label, raw encoding)`` pairs ``prepare`` should write."""
-        return []
+        raw_suffix = self.raw_label_suffix
+        if raw_suffix is None:
+            return []
+        pattern = f"*/*{raw_suffix}" if self.nested else f"*{raw_suffix}"
+        return [
+            (raw, raw.with_name(raw.name[: -len(raw_suffix)] + self.label_suffix), self.raw_encoding)
+            for label_root in self.label_dirs()
+            for raw in sorted(label_root.glob(pattern))
+            if not raw.name.endswith(self.label_suffix) and not raw.name.startswith(".")
+        ]
 
     def expected_count(self) -> int | None:
         """Published number of images of this split (``None`` when unknown)."""
         return self.published_counts.get(self.split)
+
+    def inspect_layout(self, labelled: bool | None = None) -> LayoutReport:
+        """The one layout check (used by the index, ``atp.data.check`` and ``atp.data.prepare``).
+
+        Checks, in this order: the required folders exist (nothing is scanned otherwise), the split
+        has images, the ``names`` filter only lists images of the split, and — when ``labelled``
+        (default: this dataset's own setting) — every image has its label file.
+        """
+        labelled = self.labelled if labelled is None else labelled
+        fetch = self.fetch_fix()
+        missing = [d for d in self.required_dirs(labelled) if not d.is_dir()]
+        if missing:
+            return LayoutReport(
+                None, [DatasetLayoutError(d, f"{self.display_name} folder is missing", fetch) for d in missing]
+            )
+        samples = self.scan()
+        if not samples:
+            problem = f"no {self.display_name} images found for split {self.split!r}"
+            return LayoutReport([], [DatasetLayoutError(self.image_dirs()[0], problem, fetch)])
+        if self._wanted_names is not None:
+            by_name = {s.name: s for s in samples}
+            unknown = [n for n in self._wanted_names if n not in by_name]
+            if unknown:
+                problem = (
+                    f"{len(unknown)} listed names are not {self.display_name} {self.split} images, "
+                    f"e.g. {unknown[:3]}"
+                )
+                fix = "regenerate the split files (entropy ranking) for this dataset and data_dir"
+                return LayoutReport(samples, [DatasetLayoutError(self.root, problem, fix)])
+            wanted = set(self._wanted_names)
+            samples = [s for s in samples if s.name in wanted]
+        errors = []
+        if labelled:
+            errors = [
+                DatasetLayoutError(s.label, f"label missing for image {s.image}", fetch)
+                for s in samples
+                if not s.label_found
+            ]
+        return LayoutReport(samples, errors)
 
     # ----------------------------------------------------------------- messages
     def check_command(self) -> str:
@@ -181,36 +272,14 @@ class SegmentationDataset(Dataset, ABC):
         return self._samples
 
     def _index(self) -> list[SampleFiles]:
-        for folder in self.required_dirs():
-            if not folder.is_dir():
-                raise DatasetLayoutError(folder, f"{self.display_name} folder is missing", self.fetch_fix())
-        samples = self.scan()
-        if not samples:
-            raise DatasetLayoutError(
-                self.image_dirs()[0],
-                f"no {self.display_name} images found for split {self.split!r}",
-                self.fetch_fix(),
-            )
-        if self._wanted_names is not None:
-            by_name = {s.name: s for s in samples}
-            unknown = [n for n in self._wanted_names if n not in by_name]
-            if unknown:
-                raise DatasetLayoutError(
-                    self.root,
-                    f"{len(unknown)} listed names are not {self.display_name} {self.split} images, e.g. {unknown[:3]}",
-                    "regenerate the split files (entropy ranking) for this dataset and data_dir",
-                )
-            wanted = set(self._wanted_names)
-            samples = [s for s in samples if s.name in wanted]
-        if self.labelled:
-            missing = [s for s in samples if not s.label_found]
-            if missing:
-                raise DatasetLayoutError(
-                    missing[0].label,
-                    f"label file missing ({len(missing)} of {len(samples)} {self.display_name} {self.split} samples)",
-                    f"{self.check_command()} lists them; {self.fetch_fix()}",
-                )
-        return samples
+        layout = self.inspect_layout()
+        if not layout.errors:
+            return layout.samples
+        first = layout.errors[0]
+        if len(layout.errors) == 1:
+            raise first
+        more = f"{len(layout.errors) - 1} more like it ({self.check_command()} lists them all)"
+        raise DatasetLayoutError(first.path, f"{first.problem}; {more}", first.fix)
 
     def refresh(self) -> None:
         """Forget the index (e.g. after ``prepare`` wrote train-id labels); the next access rescans."""
@@ -294,7 +363,9 @@ class SegmentationDataset(Dataset, ABC):
             "index": index,
         }
         if label is not None:
-            sample["label"] = torch.from_numpy(label.astype(np.int64))
+            # uint8 (train ids and 255): 8x fewer bytes from the workers than int64; the DataModule
+            # widens labels to int64 after the transfer to the device (on_after_batch_transfer)
+            sample["label"] = torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8))
         return sample
 
     def __repr__(self) -> str:
@@ -314,34 +385,13 @@ class FlatFolderDataset(SegmentationDataset):
     """Layouts with one image folder and one label folder holding ``<stem>.png`` side by side
     (GTA5, SYNTHIA); subclasses set the two folders and the raw label encoding."""
 
-    image_subdir: str
-    label_subdir: str
-    raw_encoding: str
+    image_subdir: ClassVar[str]
+    label_subdir: ClassVar[str]
+    raw_label_suffix = ".png"
+    nested = False
 
-    def image_dirs(self) -> list[Path]:
-        return [self.root / self.image_subdir]
-
-    def label_dirs(self) -> list[Path]:
-        return [self.root / self.label_subdir]
-
-    def scan(self) -> list[SampleFiles]:
-        labels_dir = self.root / self.label_subdir
-        existing = _listing(labels_dir)
-        samples = []
-        for image in sorted((self.root / self.image_subdir).glob("*.png")):
-            label, encoding, found = _pick_label(
-                labels_dir, f"{image.stem}_labelTrainIds.png", image.name, self.raw_encoding, existing
-            )
-            samples.append(SampleFiles(f"{self.image_subdir}/{image.name}", image, label, encoding, found))
-        return samples
-
-    def label_conversions(self) -> list[tuple[Path, Path, str]]:
-        labels_dir = self.root / self.label_subdir
-        return [
-            (raw, labels_dir / f"{raw.stem}_labelTrainIds.png", self.raw_encoding)
-            for raw in sorted(labels_dir.glob("*.png"))
-            if not raw.name.endswith("_labelTrainIds.png") and not raw.name.startswith(".")
-        ]
+    def folder_pairs(self) -> list[tuple[Path, Path]]:
+        return [(self.root / self.image_subdir, self.root / self.label_subdir)]
 
 
 class GTA5Dataset(FlatFolderDataset):
@@ -383,127 +433,89 @@ class CityscapesDataset(SegmentationDataset):
     published_counts = {"train": 2975, "val": 500}
     download_hint = "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip (cityscapes-dataset.com) into {root}"
 
-    def image_dirs(self) -> list[Path]:
-        return [self.root / "leftImg8bit" / self.split]
+    image_suffix = "_leftImg8bit.png"
+    label_suffix = "_gtFine_labelTrainIds.png"
+    raw_label_suffix = "_gtFine_labelIds.png"
+    raw_encoding = "cityscapes_ids"
 
-    def label_dirs(self) -> list[Path]:
-        return [self.root / "gtFine" / self.split]
-
-    def scan(self) -> list[SampleFiles]:
-        samples = []
-        for city_dir in sorted(p for p in (self.root / "leftImg8bit" / self.split).iterdir() if p.is_dir()):
-            labels_dir = self.root / "gtFine" / self.split / city_dir.name
-            existing = _listing(labels_dir)
-            for image in sorted(city_dir.glob("*_leftImg8bit.png")):
-                base = image.name[: -len("_leftImg8bit.png")]
-                label, encoding, found = _pick_label(
-                    labels_dir,
-                    f"{base}_gtFine_labelTrainIds.png",
-                    f"{base}_gtFine_labelIds.png",
-                    "cityscapes_ids",
-                    existing,
-                )
-                name = f"leftImg8bit/{self.split}/{city_dir.name}/{image.name}"
-                samples.append(SampleFiles(name, image, label, encoding, found))
-        return samples
-
-    def label_conversions(self) -> list[tuple[Path, Path, str]]:
-        gt = self.root / "gtFine" / self.split
-        return [
-            (
-                raw,
-                raw.with_name(raw.name.replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png")),
-                "cityscapes_ids",
-            )
-            for raw in sorted(gt.glob("*/*_gtFine_labelIds.png"))
-        ]
+    def folder_pairs(self) -> list[tuple[Path, Path]]:
+        return [(self.root / "leftImg8bit" / self.split, self.root / "gtFine" / self.split)]
 
 
-ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
+class ConditionDataset(SegmentationDataset):
+    """Target datasets structured by weather/light condition, shipping train-id labels:
+    ``<image folder>/<seq>/<base>_rgb_anon.png`` + ``<label folder>/<seq>/<base>_gt_labelTrainIds.png``
+    for each chosen condition. Subclasses declare the conditions, the two folder patterns
+    (``{condition}`` and ``{split}`` are filled in) and the published sizes per condition."""
 
+    #: The conditions this dataset has, and the one used when none is given.
+    CONDITIONS: ClassVar[tuple[str, ...]]
+    default_condition: ClassVar[str] = "night"
+    image_pattern: ClassVar[str]
+    label_pattern: ClassVar[str]
+    #: Published images per split and condition, for ``check``.
+    counts_per_condition: ClassVar[dict[str, dict[str, int]]] = {}
 
-class ACDCDataset(SegmentationDataset):
-    """ACDC: ``rgb_anon/<cond>/<split>/<seq>/<base>_rgb_anon.png`` +
-    ``gt/<cond>/<split>/<seq>/<base>_gt_labelTrainIds.png``, one or several conditions."""
+    image_suffix = "_rgb_anon.png"
+    label_suffix = "_gt_labelTrainIds.png"
 
-    display_name = "ACDC"
-    published_counts = {"train": 400, "val": 100}  # per condition; night val has 106
-    download_hint = (
-        "download rgb_anon_trainvaltest.zip and gt_trainval.zip (acdc.vision.ee.ethz.ch) into {root}"
-    )
-
-    def __init__(self, root: str | os.PathLike, condition: str | Sequence[str] = "night", **kwargs: Any):
+    def __init__(self, root: str | os.PathLike, condition: str | Sequence[str] | None = None, **kwargs: Any):
+        if condition is None:
+            condition = self.default_condition
         conditions = [condition] if isinstance(condition, str) else list(condition)
-        unknown = [c for c in conditions if c not in ACDC_CONDITIONS]
+        unknown = [c for c in conditions if c not in self.CONDITIONS]
         if unknown or not conditions:
             raise ValueError(
-                f"unknown ACDC condition(s) {unknown or conditions}; choose from {', '.join(ACDC_CONDITIONS)}"
+                f"unknown {self.display_name} condition(s) {unknown or conditions}; "
+                f"choose from {', '.join(self.CONDITIONS)}"
             )
         self.conditions = conditions
         super().__init__(root, **kwargs)
 
+    def folder_pairs(self) -> list[tuple[Path, Path]]:
+        return [
+            (
+                self.root / self.image_pattern.format(condition=c, split=self.split),
+                self.root / self.label_pattern.format(condition=c, split=self.split),
+            )
+            for c in self.conditions
+        ]
+
     def expected_count(self) -> int | None:
         """Published number of images of this split over the chosen conditions."""
-        per = {
-            "train": dict.fromkeys(ACDC_CONDITIONS, 400),
-            "val": {**dict.fromkeys(ACDC_CONDITIONS, 100), "night": 106},
-        }
-        if self.split not in per:
-            return None
-        return sum(per[self.split][c] for c in self.conditions)
-
-    def _image_dir(self, condition: str) -> Path:
-        return self.root / "rgb_anon" / condition / self.split
-
-    def _label_dir(self, condition: str) -> Path:
-        return self.root / "gt" / condition / self.split
-
-    def image_dirs(self) -> list[Path]:
-        return [self._image_dir(c) for c in self.conditions]
-
-    def label_dirs(self) -> list[Path]:
-        return [self._label_dir(c) for c in self.conditions]
-
-    def scan(self) -> list[SampleFiles]:
-        samples = []
-        for condition in self.conditions:
-            image_dir = self._image_dir(condition)
-            for seq_dir in sorted(p for p in image_dir.iterdir() if p.is_dir()):
-                labels_dir = self._label_dir(condition) / seq_dir.name
-                existing = _listing(labels_dir)
-                for image in sorted(seq_dir.glob("*_rgb_anon.png")):
-                    base = image.name[: -len("_rgb_anon.png")]
-                    label, encoding, found = _pick_label(
-                        labels_dir, f"{base}_gt_labelTrainIds.png", None, None, existing
-                    )
-                    name = image.relative_to(self.root).as_posix()
-                    samples.append(SampleFiles(name, image, label, encoding, found))
-        return samples
+        per = self.counts_per_condition.get(self.split)
+        return None if per is None else sum(per[c] for c in self.conditions)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", conditions={self.conditions})"
 
 
-class DarkZurichDataset(ACDCDataset):
+class ACDCDataset(ConditionDataset):
+    """ACDC: ``rgb_anon/<cond>/<split>/<seq>/<base>_rgb_anon.png`` +
+    ``gt/<cond>/<split>/<seq>/<base>_gt_labelTrainIds.png``, one or several conditions."""
+
+    display_name = "ACDC"
+    download_hint = (
+        "download rgb_anon_trainvaltest.zip and gt_trainval.zip (acdc.vision.ee.ethz.ch) into {root}"
+    )
+    CONDITIONS = ("fog", "night", "rain", "snow")
+    image_pattern = "rgb_anon/{condition}/{split}"
+    label_pattern = "gt/{condition}/{split}"
+    counts_per_condition = {
+        "train": {"fog": 400, "night": 400, "rain": 400, "snow": 400},
+        "val": {"fog": 100, "night": 106, "rain": 100, "snow": 100},
+    }
+
+
+class DarkZurichDataset(ConditionDataset):
     """Dark Zurich (night): ``rgb_anon/<split>/night/<seq>/<base>_rgb_anon.png`` +
     ``gt/val/night/<seq>/<base>_gt_labelTrainIds.png`` (labels exist for val only)."""
 
     display_name = "Dark Zurich"
-    published_counts = {"train": 2416, "val": 50}
     download_hint = (
         "download Dark_Zurich_train_anon.zip and Dark_Zurich_val_anon.zip (trace.ethz.ch) into {root}"
     )
-
-    def __init__(self, root: str | os.PathLike, **kwargs: Any):
-        kwargs.pop("condition", None)
-        SegmentationDataset.__init__(self, root, **kwargs)
-        self.conditions = ["night"]
-
-    def expected_count(self) -> int | None:
-        return self.published_counts.get(self.split)
-
-    def _image_dir(self, condition: str) -> Path:
-        return self.root / "rgb_anon" / self.split / condition
-
-    def _label_dir(self, condition: str) -> Path:
-        return self.root / "gt" / self.split / condition
+    CONDITIONS = ("night",)
+    image_pattern = "rgb_anon/{split}/{condition}"
+    label_pattern = "gt/{split}/{condition}"
+    counts_per_condition = {"train": {"night": 2416}, "val": {"night": 50}}

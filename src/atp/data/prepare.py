@@ -21,6 +21,7 @@ from atp.atomic import atomic_write_json, clean_stale_temp_files
 from atp.data.config import ROLES, as_config, compose_cli, instantiate_entry
 from atp.data.conversion import FileIssue, convert_label, count_classes, run_jobs, unique
 from atp.data.labels import CLASS_NAMES
+from atp.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,9 @@ def prepare_dataset(
         if key in seen_folders:
             continue
         seen_folders.add(key)
-        for folder in dataset.required_dirs():
-            if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"{folder}: {dataset.display_name} folder is missing (fix: {dataset.fetch_fix()})"
-                )
+        layout = dataset.inspect_layout(labelled=False)  # raw labels are what prepare converts
+        if layout.errors:
+            raise layout.errors[0]
         conversions = dataset.label_conversions()
         for folder in unique(dst.parent for _, dst, _ in conversions):
             report.removed_temp_files += len(clean_stale_temp_files(folder))
@@ -144,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = prepare_dataset(cfg.dataset, num_workers=int(cfg.num_workers), progress=bool(cfg.progress))
     except Exception as err:  # a user-facing CLI: one line, not a traceback
         if type(err).__module__.startswith("hydra") or isinstance(
-            err, (FileNotFoundError, KeyError, ValueError)
+            err, (UserError, FileNotFoundError, KeyError, ValueError)
         ):
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -1,19 +1,18 @@
-"""LightningModules, one per ATP stage (spec §4–§10)."""
+"""LightningModules, one per ATP stage (spec §4–§10), and the registry that finds them.
 
-from atp.stages.align import AlignStage
+``STAGES`` maps each stage name to its class; it is filled from the modules of this package
+(see :mod:`atp.stages.registry`), so a new stage is one module here plus ``conf/stage/<name>.yaml``.
+"""
+
 from atp.stages.base import SegStage
-from atp.stages.distill import BlackBoxSource, DistillStage
-from atp.stages.propagate import PropagateStage
-from atp.stages.source import SourceStage
-from atp.stages.teach import TeachStage
+from atp.stages.registry import (
+    STAGES,
+    build_stage_module,
+    check_stage_options,
+    default_chain,
+    get_stage,
+    stage_options,
+)
 
-STAGES = {
-    "source": SourceStage,
-    "align": AlignStage,
-    "teach": TeachStage,
-    "propagate": PropagateStage,
-    "distill": DistillStage,
-}
-
-__all__ = ["STAGES", "AlignStage", "BlackBoxSource", "DistillStage", "PropagateStage", "SegStage",
-           "SourceStage", "TeachStage"]
+__all__ = ["STAGES", "SegStage", "build_stage_module", "check_stage_options", "default_chain", "get_stage",
+           "stage_options"]

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 from atp.adaptation import curriculum_entropy_loss, diversity_loss
-from atp.stages.teacher import TeacherStage
+from atp.stages.mean_teacher import MeanTeacherStage
 
 
-class AlignStage(TeacherStage):
+class AlignStage(MeanTeacherStage):
     """L_A = λ_cel·mean((1−H)^γ·H) − λ_div·Ĥ(m) on the student's prediction of A(x).
 
     The EMA teacher exists only to choose class-balanced crops for inputs larger than the crop
@@ -19,6 +19,10 @@ class AlignStage(TeacherStage):
     """
 
     stage_name = "align"
+    predecessors = ("source", "distill")
+    data_mode = "target"
+    default_init = "auto"
+    chain_position = 1
     teaches_with_pseudo_labels = False
 
     def __init__(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -74,7 +74,20 @@ class SegStage(pl.LightningModule):
     dropout) is seeded from ``(seed, global_step)`` so a resumed run repeats the same draws.
     """
 
-    stage_name = "base"
+    # What orchestration needs to know about a stage; every concrete stage sets all five and is then
+    # found by the registry (atp.stages.registry) without being listed anywhere.
+    #: the name users select with ``stage=<name>``; None = not a stage of its own (a base class)
+    stage_name: ClassVar[str | None] = None
+    #: stages whose final checkpoint this one may start from (``init_from=auto`` takes the newest)
+    predecessors: ClassVar[tuple[str, ...]] = ()
+    #: the training data: ``source`` (labelled source), ``target`` (unlabelled target) or ``easy_hard``
+    data_mode: ClassVar[str | None] = None
+    #: ``"auto"`` (start from a predecessor's checkpoint) or None (ImageNet encoder / random)
+    default_init: ClassVar[str | None] = None
+    #: position in the default chain (``stage=chain``); None = not part of it
+    chain_position: ClassVar[int | None] = None
+    #: constructor arguments kept out of the checkpoint's hyper-parameters (networks, not options)
+    not_hyperparameters: ClassVar[tuple[str, ...]] = ("model",)
 
     def __init__(
         self,
@@ -87,7 +100,6 @@ class SegStage(pl.LightningModule):
         log_interval: int = 50,
         collapse_share: float = 0.6,
         collapse_patience: int = 3,
-        **unused: Any,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -101,9 +113,7 @@ class SegStage(pl.LightningModule):
         self.collapse_share = collapse_share
         self.collapse_patience = collapse_patience
         self._collapse_streak = 0
-        if unused:
-            log.debug("ignored stage options: %s", sorted(unused))
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=list(self.not_hyperparameters))
         self.val_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
         prior = acdc_class_prior_weights() if self.eval_cfg.get("acdc_class_prior") else None
         self.register_buffer("class_prior", prior, persistent=False)

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from atp.errors import UserError
+from atp.models.weights import load_segmentor, read_checkpoint
 from atp.stages.base import SegStage
 
 
@@ -24,6 +26,23 @@ class BlackBoxSource:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self._predict(images)
+
+
+def black_box_from_checkpoint(network: torch.nn.Module, path: str, which: str = "student",
+                              trust: bool = False) -> BlackBoxSource:
+    """``network`` with the weights of checkpoint ``path``, wrapped so only class probabilities come out
+    (at the input size). The network moves to the images' device on the first call."""
+    state = read_checkpoint(path, which=which, trust=trust)
+    load_segmentor(network, state, source=str(path))
+    network.eval()
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        if next(network.parameters()).device != images.device:  # once, on the first batch
+            network.to(images.device)
+        logits = F.interpolate(network(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.softmax(dim=1)
+
+    return BlackBoxSource(predict)
 
 
 def distill_kl(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -43,23 +62,37 @@ class DistillStage(SegStage):
     """Pixel-wise KL(source ‖ student) on weakly augmented target images (+ optional hard CE)."""
 
     stage_name = "distill"
+    predecessors = ()  # replaces source in a black-box chain: align starts from it
+    data_mode = "target"
+    default_init = None
+    chain_position = None
+
+    not_hyperparameters = ("model", "oracle_model")
 
     def __init__(
         self,
         model: torch.nn.Module,
-        oracle: BlackBoxSource | None = None,
+        oracle: str | None = None,
+        oracle_which: str = "student",
+        oracle_trust: bool = False,
+        oracle_model: torch.nn.Module | None = None,
         temperature: float = 1.0,
         hard_ce_weight: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        """``oracle``: the source checkpoint (any format ``atp.convert`` reads; ``oracle_which`` student or
+        teacher, ``oracle_trust`` allows full unpickling); ``oracle_model``: an untrained network of the
+        source's architecture (the config passes ``${model}``) that the checkpoint is loaded into."""
         super().__init__(model, **kwargs)
-        self.oracle = oracle
+        if not oracle:
+            raise UserError("stage=distill needs stage.module.oracle=/path/to/source_checkpoint")
+        if oracle_model is None:
+            raise UserError("stage=distill needs stage.module.oracle_model (the config sets it to ${model})")
+        self.oracle = black_box_from_checkpoint(oracle_model, oracle, which=oracle_which, trust=oracle_trust)
         self.temperature = temperature
         self.hard_ce_weight = hard_ce_weight
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        if self.oracle is None:
-            raise RuntimeError("stage=distill needs stage.module.oracle (a source checkpoint path)")
         self.begin_step()
         images = batch["img"]
         target = self.oracle(images)  # (B, C, H, W) probabilities at the input size

@@ -20,10 +20,10 @@ from atp.adaptation import (
 )
 from atp.data.labels import IGNORE_INDEX
 from atp.stages.base import _plain
-from atp.stages.teacher import TeacherStage
+from atp.stages.mean_teacher import MeanTeacherStage
 
 
-class PropagateStage(TeacherStage):
+class PropagateStage(MeanTeacherStage):
     """L_P = L_e + 1[t ≥ t0]·L_scl + L_mix, three backward passes and one optimiser step.
 
     * ``L_e``: CE (+ negative term) of the student on strongly augmented easy images against the
@@ -36,6 +36,10 @@ class PropagateStage(TeacherStage):
     """
 
     stage_name = "propagate"
+    predecessors = ("teach",)
+    data_mode = "easy_hard"
+    default_init = "auto"
+    chain_position = 3
 
     def __init__(
         self,

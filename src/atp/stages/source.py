@@ -15,6 +15,10 @@ class SourceStage(SegStage):
     """Plain CE (no negative term) on labelled source crops; validation on target val."""
 
     stage_name = "source"
+    predecessors = ()
+    data_mode = "source"
+    default_init = None  # ImageNet encoder from model.imagenet_init when given, else random
+    chain_position = 0
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self.begin_step()

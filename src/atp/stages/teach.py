@@ -13,13 +13,17 @@ from atp.adaptation import (
     pseudo_label_ce_and_negative,
 )
 from atp.data.labels import IGNORE_INDEX
-from atp.stages.teacher import TeacherStage
+from atp.stages.mean_teacher import MeanTeacherStage
 
 
-class TeachStage(TeacherStage):
+class TeachStage(MeanTeacherStage):
     """L_T = CE(student(A(x)), teacher argmax) + L_npl with classes p < τ_n as negatives."""
 
     stage_name = "teach"
+    predecessors = ("align",)
+    data_mode = "target"
+    default_init = "auto"
+    chain_position = 2
 
     def __init__(
         self,

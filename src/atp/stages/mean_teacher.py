@@ -29,7 +29,7 @@ class PseudoLabels(NamedTuple):
     probs: torch.Tensor | None  # (B, C, H, W) teacher probabilities (kept only when asked)
 
 
-class TeacherStage(SegStage):
+class MeanTeacherStage(SegStage):
     """A ``SegStage`` with an EMA teacher (spec §4.2–4.4), reset from the student at step 0."""
 
     #: whether the teacher's pseudo-labels train the student (W&B panels show them only then)

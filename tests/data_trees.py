@@ -1,4 +1,4 @@
-"""Tiny dataset trees in the official layouts and encodings, for tests.
+"""Tiny dataset trees in the official layouts and encodings (test data; used through ``conftest.py``).
 
 Every image is a flat-colour picture of its label: each class region has its own colour
 (:data:`FIXTURE_COLOURS`), so a test can check image/label agreement pixel by pixel after crops

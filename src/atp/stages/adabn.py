@@ -1,0 +1,88 @@
+"""AdaBN — the standard source-free baseline: BatchNorm statistics re-estimated on target images.
+
+No weight changes: every BatchNorm's running mean/variance is reset and then set to the cumulative
+average (``momentum=None``) of the target-train batch statistics, with the rest of the network in
+eval mode (no dropout or stochastic depth in the features the statistics see). The MiT encoder uses
+LayerNorm, so the adapted layers are the decoder's and the projection head's BatchNorms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from atp.stages.base import SegStage
+
+
+class AdaBNStage(SegStage):
+    """Forward passes over target batches in BN-train mode under ``no_grad``; no gradient step.
+
+    It stays a manual-optimisation stage with an optimiser (plain SGD whose parameters never get a
+    gradient, so ``step`` changes nothing) because Lightning counts ``global_step`` in optimiser steps:
+    checkpoints, resume, validation intervals and the manifest then work as in every other stage. The
+    stage ends after ``num_batches`` batches (about one pass over the target-train set), or at
+    ``trainer.max_steps`` if that comes first.
+    """
+
+    stage_name = "adabn"
+    predecessors = ("source",)
+    data_mode = "target"
+    default_init = "auto"
+    chain_position = None  # a side branch: align still starts from source
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eval: Mapping,
+        num_batches: int = 1488,
+        num_classes: int = 19,
+        seed: int = 76,
+        log_interval: int = 50,
+        collapse_share: float = 0.6,
+        collapse_patience: int = 3,
+    ) -> None:
+        super().__init__(model, optim={}, schedule={}, eval=eval, num_classes=num_classes, seed=seed,
+                         log_interval=log_interval, collapse_share=collapse_share,
+                         collapse_patience=collapse_patience)
+        if num_batches < 1:
+            raise ValueError(f"stage.module.num_batches must be at least 1, got {num_batches}")
+        self.num_batches = int(num_batches)
+        for norm in self.batch_norms():
+            norm.momentum = None  # cumulative average over all batches since the reset
+
+    def batch_norms(self) -> Iterator[_BatchNorm]:
+        """Every BatchNorm layer of the student."""
+        return (m for m in self.student.modules() if isinstance(m, _BatchNorm))
+
+    def configure_optimizers(self):
+        # No parameter ever has a gradient here, so this optimiser's step changes no weight and keeps
+        # no state; it exists because Lightning's global_step counts optimiser steps.
+        return torch.optim.SGD(self.student.parameters(), lr=0.0)
+
+    def on_train_start(self) -> None:
+        if self.global_step == 0:  # a new stage (not a resume): forget the source statistics
+            for norm in self.batch_norms():
+                norm.reset_running_stats()
+
+    def estimation_mode(self) -> None:
+        """BatchNorm layers in training mode, everything else in eval mode (no dropout, stochastic depth).
+
+        Set at every step: Lightning restores each submodule's mode around validation by itself."""
+        self.student.eval()
+        for norm in self.batch_norms():
+            norm.train()
+
+    @torch.no_grad()
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self.estimation_mode()
+        features = self.student.extract(batch["img"])
+        self.student.decode(features)
+        if getattr(self.student, "proj_head", None) is not None:
+            self.student.project(features)
+        self.optimizers().step()  # advances global_step; no gradients, so no weight changes
+        if self.global_step >= self.num_batches:
+            self.trainer.should_stop = True
+        self.log_terms({"bn/batches": float(self.global_step)})
