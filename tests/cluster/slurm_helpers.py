@@ -69,6 +69,14 @@ def scontrol_job(job_id: str) -> dict[str, str]:
     return dict(token.split("=", 1) for token in out.split() if "=" in token)
 
 
+def finished_job(job_id: str, timeout: float = 120) -> dict[str, str]:
+    """``scontrol_job`` once SLURM has ended the job: submitit's result file (what the submitting command
+    waits for) is written by task 0 before the other tasks and the job step have ended."""
+    wait_for(lambda: scontrol_job(job_id)["JobState"] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"),
+             timeout, f"end of SLURM job {job_id}")
+    return scontrol_job(job_id)
+
+
 def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
     deadline = time.monotonic() + timeout
     while not predicate():

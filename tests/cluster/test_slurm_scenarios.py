@@ -23,6 +23,7 @@ import torch
 from tests.cluster.slurm_helpers import (
     SLURM_LAUNCHER,
     finish,
+    finished_job,
     run,
     scontrol_job,
     start,
@@ -98,7 +99,7 @@ def time_limit_run(data_toy_root, tmp_path_factory) -> dict:
 
 
 def test_time_limit_requeues_mid_stage_and_the_chain_ends_bit_for_bit(time_limit_run):
-    job = scontrol_job(time_limit_run["job_id"])
+    job = finished_job(time_limit_run["job_id"])
     # SLURM itself signalled the job before its time limit and submitit requeued it (scontrol requeue)
     assert int(job["Restarts"]) >= 1, job
     # Finished: COMPLETED, or once seen here, FAILED with 128 + SIGUSR2 although the job's result says success:
@@ -152,7 +153,7 @@ def test_ddp_under_srun_two_tasks(data_toy_root, tmp_path):
         tmp_path / "slurm.log", module="tests.ddp_probe", extra_env={"ATP_PROBE_DIR": str(probe)})
     assert returncode == 0, (tmp_path / "slurm.log").read_text()[-4000:]
     (job_id,) = submitit_jobs(sweep)
-    job = scontrol_job(job_id)
+    job = finished_job(job_id)
     assert job["NumTasks"] == "2" and job["JobState"] == "COMPLETED", job
 
     job_dir = sweep / "0_chain"
@@ -190,7 +191,7 @@ def sweep_run(data_toy_root, tmp_path_factory) -> Path:
 def test_sweep_runs_one_slurm_job_per_seed_with_the_chain_hand_off(sweep_run):
     jobs = submitit_jobs(sweep_run)
     assert len(jobs) == 2 and len({j.split("_")[0] for j in jobs}) == 1, jobs  # one job array, two tasks
-    assert all(scontrol_job(j)["JobState"] == "COMPLETED" for j in jobs)
+    assert all(finished_job(j)["JobState"] == "COMPLETED" for j in jobs)
     for num, seed in enumerate((1, 2)):
         job_dir = sweep_run / f"{num}_chain"
         source, align = _manifest(job_dir / "0_source"), _manifest(job_dir / "1_align")
