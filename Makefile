@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atp-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast test-cluster demo lint bench clean-outputs
+.PHONY: install test test-fast test-cluster demo ladder lint bench clean-outputs
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ test-cluster: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m atp.demo
+
+# Every toy shift family × seeds 76 and 1, source → AdaBN → Align → Teach → Propagate + target oracle;
+# resumable (re-running skips finished runs). Long: start it as `nohup make ladder > ladder.out &`.
+ladder: $(STAMP)
+	$(PY) -m atp.ladder
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts

@@ -103,6 +103,8 @@ def test_seg_metric_reports_subsets():
     assert result["mIoU/syn16"].item() == pytest.approx(100 * 15.5 / 16)
     assert result["mIoU/syn13"].item() == pytest.approx(100 * 12.5 / 13)
     assert result["IoU/13"].item() == pytest.approx(50.0) and result["IoU/14"].item() == 0.0
+    # 17 labelled classes × 5 pixels; the 5 pixels of class 14 are predicted as 13
+    assert result["pixel_acc"].item() == pytest.approx(100 * (17 * 5 - 5) / (17 * 5))
     with pytest.raises(ValueError, match="shape"):
         metric.update(preds[:, :2], labels)
     with pytest.raises(ValueError, match="unknown class subsets"):

@@ -344,7 +344,7 @@ def bench_eval(module, args: argparse.Namespace, device: torch.device, generator
     t_real = median_seconds(real, steps, args.warmup, device)
     t_pred = median_seconds(bare_prediction, steps, args.warmup, device)
     t_fwd = median_seconds(bare_forward, steps, args.warmup, device)
-    module.val_confmat.reset()
+    module.val_metric.reset()
     return [
         record("eval/step_ms", 1000 * t_real),
         record("eval/bare_prediction_ms", 1000 * t_pred),

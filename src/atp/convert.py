@@ -3,7 +3,9 @@
     python -m atp.convert SRC DST [--which student|teacher] [--trust] [--no-check]
 
 Reads an official ``mit_b*.pth``, an mmseg segmentor, an ATP UDA checkpoint, an atp Lightning
-checkpoint or an already converted file; checks that the weights form a complete network (encoder,
+checkpoint, a Hugging Face ``transformers`` SegFormer or a segmentation-models-pytorch MiT model (their
+encoder; ``.safetensors``, ``pytorch_model.bin`` or a ``save_pretrained`` folder) or an already converted
+file; checks that the weights form a complete network (encoder,
 plus decoder / projection head when present); writes DST atomically. Errors: one line on stderr, exit 2.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from atp.models.weights import CheckpointError, check_state_dict, open_checkpoint, save_converted
@@ -18,7 +21,7 @@ from atp.models.weights import CheckpointError, check_state_dict, open_checkpoin
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m atp.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="checkpoint to read (any supported format)")
+    parser.add_argument("src", help="checkpoint file or save_pretrained folder to read (any supported format)")
     parser.add_argument("dst", help="file to write (replaced atomically)")
     parser.add_argument("--which", choices=("student", "teacher"), default="student",
                         help="network to take from UDA/Lightning checkpoints holding both (default: student)")
@@ -33,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0 ok, 2 error)."""
     args = build_parser().parse_args(argv)
     try:
-        checkpoint = open_checkpoint(args.src, which=args.which, trust=args.trust)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. "decode head not transferable": one line
+            warnings.simplefilter("always", UserWarning)
+            checkpoint = open_checkpoint(args.src, which=args.which, trust=args.trust)
+        for warning in caught:
+            print(f"atp.convert: warning: {warning.message}", file=sys.stderr)
         config = None if args.no_check else check_state_dict(checkpoint.state_dict)
         save_converted(args.dst, checkpoint)
     except (CheckpointError, OSError) as err:

@@ -7,19 +7,22 @@ colourised predictions into the output directory and prints a table.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from atp.atomic import atomic_write_json
 from atp.cli import hydra_entry
 from atp.data import build_datamodule
+from atp.data.config import find_conf_dir
 from atp.data.labels import CLASS_NAMES, PALETTE, colourise
 from atp.inference import acdc_class_prior_weights, segment_probs
 from atp.metrics import SegMetric
@@ -67,8 +70,11 @@ def plot_confusion(confmat: torch.Tensor, names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
-    """Run the evaluation described by ``cfg`` and write its artefacts into ``out_dir``."""
+def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Run the evaluation described by ``cfg`` and write its artefacts into ``out_dir``.
+
+    ``progress=False`` hides the per-batch bar (callers that print their own progress).
+    """
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     ckpt = Path(str(cfg.ckpt)).expanduser()
@@ -88,7 +94,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     vis_dir.mkdir(parents=True, exist_ok=True)
     written = 0
     with torch.no_grad():
-        for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch")):
+        for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch", disable=not progress)):
             if cfg.limit_batches is not None and index >= cfg.limit_batches:
                 break
             label = batch["label"].to(device).long()  # loaders deliver uint8 labels; the metric takes int64
@@ -113,13 +119,47 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
         "mIoU": {s: scores[f"mIoU/{s}"] for s in cfg.dataset.class_subsets},
         "per_class_iou": {n: (None if math.isnan(v) else 100 * v) for n, v in zip(names, ious, strict=True)},
-        "pixel_acc": float(matrix.diagonal().sum() / matrix.sum().clamp_min(1) * 100),
+        "pixel_acc": scores["pixel_acc"],
         "confusion_matrix": matrix.tolist(),
     }
     atomic_write_json(out_dir / "metrics.json", result)
     plot_per_class(ious, names, out_dir / "per_class_iou.png", f"{cfg.dataset.name}: mIoU {result['mIoU']['all19']:.2f}")
     plot_confusion(matrix, names, out_dir / "confusion_matrix.png")
     return result
+
+
+def evaluate_checkpoint(ckpt: str | Path, out_dir: str | Path, train_cfg: DictConfig, weights: str = "student",
+                        reuse: bool = False, progress: bool = True) -> dict:
+    """Evaluate one checkpoint in-process with the model, dataset, paths and data config it was trained with.
+
+    ``train_cfg`` is a composed ``train`` config; ``weights`` is ``student`` or ``teacher`` (EMA). With
+    ``reuse``, an ``out_dir/metrics.json`` of the same checkpoint and weights that is newer than the
+    checkpoint is returned instead of evaluating again. Returns the metrics dict (see :func:`evaluate`).
+    """
+    ckpt, out_dir = Path(ckpt).resolve(), Path(out_dir)
+    if reuse:
+        cached = _fresh_metrics(out_dir / "metrics.json", ckpt, weights)
+        if cached is not None:
+            return cached
+    with initialize_config_dir(str(find_conf_dir()), version_base="1.3"):
+        cfg = compose("evaluate")
+    with open_dict(cfg):
+        cfg.ckpt, cfg.output_dir, cfg.weights = str(ckpt), str(out_dir), weights
+        for key in ("model", "dataset", "paths", "data"):
+            cfg[key] = train_cfg[key]
+        cfg.data.num_workers = 0
+    return evaluate(cfg, out_dir, progress=progress)
+
+
+def _fresh_metrics(path: Path, ckpt: Path, weights: str) -> dict | None:
+    """The metrics in ``path`` when they are of ``ckpt``/``weights`` and newer than the checkpoint."""
+    try:
+        if path.stat().st_mtime < ckpt.stat().st_mtime:
+            return None
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return metrics if metrics.get("ckpt") == str(ckpt) and metrics.get("weights") == weights else None
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:

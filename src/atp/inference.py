@@ -17,6 +17,13 @@ def acdc_class_prior_weights(strength: float = 0.16) -> torch.Tensor:
     return torch.from_numpy(_prior_weights_np(strength)).float()
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; any other name (``cpu``, ``cuda:1``) as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def _slide_logits(model: Model, img: torch.Tensor, crop: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
     """Average logits of overlapping crop windows, each upsampled to its window (mmseg 'slide')."""
     batch, _, height, width = img.shape

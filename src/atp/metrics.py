@@ -61,7 +61,9 @@ class SegMetric(nn.Module):
 
     ``update(preds, labels)`` takes label maps ``(B, H, W)`` or scores ``(B, C, H, W)`` (arg-maxed);
     the state lives on the device of the data. ``compute()`` returns ``{"mIoU/<subset>": …,
-    "IoU/<class>": …}`` (all × 100, per-class NaN where the class never occurs); ``reset()`` clears it.
+    "IoU/<class>": …, "pixel_acc": …}`` (all × 100, per-class NaN where the class never occurs);
+    ``reset()`` clears it. These names are the ones ``atp.evaluate`` reports and the stages log
+    (prefixed ``val/``) and keep in their manifests.
     """
 
     def __init__(self, num_classes: int = 19, subsets: Sequence[str] = ("all19",),
@@ -96,10 +98,14 @@ class SegMetric(nn.Module):
         return self.confmat_metric.compute()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        confmat = self.confmat
+        return self.scores(self.confmat)
+
+    def scores(self, confmat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metrics of ``compute()`` for a given confusion matrix (e.g. one already all-reduced)."""
         results = {f"mIoU/{name}": mean_iou(confmat, name) for name in self.subsets}
         ious = iou_per_class(confmat) * 100
         results.update({f"IoU/{name}": ious[index] for index, name in enumerate(self.class_names)})
+        results["pixel_acc"] = confmat.diagonal().sum() / confmat.sum().clamp_min(1) * 100
         return results
 
     def reset(self) -> None:

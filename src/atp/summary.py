@@ -23,7 +23,7 @@ def results_table(manifests: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for m in manifests:
         metrics = m.get("metrics") or {}
-        miou = metrics.get("mIoU")
+        miou = metrics.get("mIoU/all19")
         acc = metrics.get("pixel_acc")
         lines.append(
             f"| {m.get('stage')} | {m.get('dataset')} | {m.get('model')} | {m.get('seed')} | {m.get('steps', '-')} | "
@@ -48,7 +48,7 @@ def plot_history(manifests: list[dict], path: Path) -> Path | None:
         if not history:
             continue
         steps = [offset + h["step"] for h in history]
-        ax.plot(steps, [h.get("mIoU", float("nan")) for h in history], marker="o", label=m.get("stage"))
+        ax.plot(steps, [h.get("mIoU/all19", float("nan")) for h in history], marker="o", label=m.get("stage"))
         ax.axvline(offset, color="0.85", lw=0.8)
         offset += m.get("steps") or history[-1]["step"]
         drew = True

@@ -127,7 +127,7 @@ def main(cfg: DictConfig) -> None:
     if sweep_dir is not None and is_rank_zero():
         write_summary(sweep_dir)
     metrics = manifest.get("metrics", {})
-    log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU", float("nan")),
+    log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU/all19", float("nan")),
              run_dir)
 
 

@@ -9,8 +9,12 @@ Formats recognised by ``open_checkpoint`` (the ``format`` it reports):
 - ``lightning``: this project's Lightning checkpoints, ``student.*`` and ``teacher.[model.]*``.
 - ``atp-segmentor``: files written by ``save_converted`` / ``python -m atp.convert``.
 - ``segmentor-state-dict``: a bare ``Segmentor.state_dict()``.
+- ``hf-segformer``: Hugging Face ``transformers`` SegFormer files (encoder only), and
+- ``smp``: segmentation-models-pytorch models with a ``mit_b*`` encoder (encoder only);
+  see ``atp.models.weight_formats``.
 
-A leading ``module.`` (DataParallel) is stripped from every key. Files are unpickled with
+Besides ``torch.save`` files, ``.safetensors`` files and ``save_pretrained`` folders (``model.safetensors``,
+``pytorch_model.bin`` or a sharded ``*.index.json``) are read. A leading ``module.`` (DataParallel) is stripped from every key. Files are unpickled with
 ``weights_only=True`` and a small allow-list (numpy scalars/arrays, OmegaConf containers); anything
 else is refused unless the caller passes ``trust=True``.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import os
 import pickle
 import re
@@ -34,6 +39,7 @@ from torch import nn
 
 from atp.atomic import atomic_write
 from atp.errors import CheckpointError
+from atp.models import weight_formats
 
 __all__ = [
     "CONVERTED_FORMAT",
@@ -91,7 +97,7 @@ def open_checkpoint(path: str | os.PathLike, which: str = "student", trust: bool
     if which not in ("student", "teacher"):
         raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
     path = Path(path)
-    obj = _unpickle(path, trust)
+    path, obj = _read_file(path, trust)
     if isinstance(obj, Mapping) and obj.get("format") == CONVERTED_FORMAT:
         return _from_converted(path, obj, which)
     raw = _strip_module_prefix(_find_state_dict(path, obj))
@@ -103,6 +109,10 @@ def open_checkpoint(path: str | os.PathLike, which: str = "student", trust: bool
     elif prefixes <= {"model", "ema_model", "imnet_model"} and prefixes & {"model", "ema_model"}:
         role_prefix = "model" if which == "student" else "ema_model"
         fmt, state = "atp-uda", _rename_mmseg(path, _take_prefix(path, raw, role_prefix, which))
+    elif weight_formats.is_hf_segformer(raw):
+        fmt, state = weight_formats.HF_SEGFORMER, weight_formats.from_hf_segformer(path, raw)
+    elif weight_formats.is_smp(raw):
+        fmt, state = weight_formats.SMP, weight_formats.from_smp(path, raw)
     elif prefixes <= set(SEGMENTOR_PARTS):
         fmt, state = "segmentor-state-dict", dict(raw)
     elif prefixes <= set(_MMSEG_TO_SEGMENTOR):
@@ -112,8 +122,9 @@ def open_checkpoint(path: str | os.PathLike, which: str = "student", trust: bool
     else:
         raise CheckpointError(
             f"{path}: unknown checkpoint format (top-level key prefixes: {_listing(sorted(prefixes))}); "
-            "expected an official mit_b*.pth, an mmseg segmentor, an ATP UDA checkpoint, "
-            "an atp Lightning checkpoint or a file written by `python -m atp.convert`"
+            "expected an official mit_b*.pth, an mmseg segmentor, an ATP UDA checkpoint, an atp Lightning "
+            "checkpoint, a transformers SegFormer or segmentation-models-pytorch MiT model, or a file written "
+            "by `python -m atp.convert`"
         )
     two_networks = fmt in ("lightning", "atp-uda")
     if not two_networks and which != "student":
@@ -139,6 +150,67 @@ def read_global_step(path: str | os.PathLike, trust: bool = False) -> int | None
     except (CheckpointError, AttributeError):
         return None
     return step if isinstance(step, int) else None
+
+
+_PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                     "pytorch_model.bin.index.json")
+
+
+def _read_file(path: Path, trust: bool) -> tuple[Path, object]:
+    """The object stored at ``path``: a ``torch.save`` file, a ``.safetensors`` file, or a ``save_pretrained``
+    folder (its weights file, or the shards its index names, merged). Returns the file actually read too."""
+    if path.is_dir():
+        found = next((path / name for name in _PRETRAINED_FILES if (path / name).is_file()), None)
+        if found is None:
+            raise CheckpointError(f"{path}: a folder without weights (looked for {', '.join(_PRETRAINED_FILES)}); "
+                                  "pass the checkpoint file itself")
+        path = found
+    if path.name.endswith(".index.json"):
+        return path, _read_shards(path, trust)
+    if _is_safetensors(path):
+        return path, _read_safetensors(path)
+    return path, _unpickle(path, trust)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors layout: 8-byte little-endian header length, then a JSON header."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"{path}: reading .safetensors files needs the safetensors package "
+                              "(pip install safetensors)") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types on damaged files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: "
+                              f"{_first_line(err)})") from None
+
+
+def _read_shards(index: Path, trust: bool) -> dict[str, torch.Tensor]:
+    """The tensors of a sharded ``save_pretrained`` checkpoint (``weight_map``: name → shard file)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{index}: not a readable checkpoint index ({type(err).__name__}: {err})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        _, obj = _read_file(index.parent / shard, trust)
+        state.update(_find_state_dict(index.parent / shard, obj))
+    missing = [name for name in weight_map if name not in state]
+    if missing:
+        raise CheckpointError(f"{index}: tensors listed in the index but absent from its shards: {_listing(missing)}")
+    return state
 
 
 def _unpickle(path: Path, trust: bool) -> object:

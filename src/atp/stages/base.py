@@ -11,11 +11,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from atp.data.labels import CLASS_NAMES, IGNORE_INDEX
+from atp.data.labels import CLASS_NAMES
 from atp.inference import acdc_class_prior_weights, segment
-from atp.metrics import SUBSETS, iou_per_class, mean_iou
+from atp.metrics import SegMetric
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,8 @@ class SegStage(pl.LightningModule):
         self.collapse_patience = collapse_patience
         self._collapse_streak = 0
         self.save_hyperparameters(ignore=list(self.not_hyperparameters))
-        self.val_confmat = MulticlassConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+        self.val_metric = SegMetric(num_classes, subsets=self.eval_cfg.get("class_subsets") or ("all19",),
+                                    class_names=CLASS_NAMES[:num_classes], validate_args=False)
         prior = acdc_class_prior_weights() if self.eval_cfg.get("acdc_class_prior") else None
         self.register_buffer("class_prior", prior, persistent=False)
 
@@ -191,24 +191,19 @@ class SegStage(pl.LightningModule):
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         label = batch["label"]
-        self.val_confmat.update(self.predict_labels(batch["img"], label.shape[-2:]), label)
+        self.val_metric.update(self.predict_labels(batch["img"], label.shape[-2:]), label)
 
     def on_validation_epoch_end(self) -> None:
-        confmat = self.val_confmat.compute()
-        self.val_confmat.reset()
+        """Log ``val/<name>`` for every :class:`SegMetric` score (all-reduced across ranks), plus the
+        largest predicted-class share; a class absent from labels and predictions logs IoU 0, not NaN."""
+        confmat = self.val_metric.confmat
+        self.val_metric.reset()
         if confmat.sum() == 0:
             return
-        metrics = {}
-        for subset in self.eval_cfg.get("class_subsets") or ["all19"]:
-            key = "mIoU" if subset == "all19" else f"mIoU_{subset}"
-            metrics[f"val/{key}"] = float(mean_iou(confmat, SUBSETS[subset]))
-        ious = iou_per_class(confmat)
-        for index, name in enumerate(CLASS_NAMES[: self.num_classes]):
-            value = float(ious[index])
-            metrics[f"val/IoU/{name}"] = 0.0 if math.isnan(value) else 100.0 * value
+        metrics = {f"val/{name}": 0.0 if math.isnan(value := float(score)) else value
+                   for name, score in self.val_metric.scores(confmat).items()}
         share = confmat.sum(dim=0).float() / confmat.sum()
         metrics["val/max_class_share"] = float(share.max())
-        metrics["val/pixel_acc"] = float(confmat.diagonal().sum() / confmat.sum() * 100)
         self.log_dict(metrics, sync_dist=False, batch_size=1)
         self._watch_collapse(share)
         self.last_val_metrics = metrics

@@ -1,0 +1,5 @@
+import sys
+
+from atp.ladder.cli import main
+
+sys.exit(main())
