@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 import atp.train
-from atp.reliability import batch_names
+from atp.run.divergence import batch_names
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PROBE_DIR = Path(os.environ["ATP_PROBE_DIR"])

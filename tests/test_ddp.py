@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 
 from atp.adaptation import EMATeacher, PrototypeEstimator
 from atp.data.splits import read_split
-from atp.reliability import rank_split
-from atp.runner import run_stage
+from atp.run import run_stage
+from atp.run.split import rank_split
 from tests.stage_helpers import TINY, stage_cfg
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from atp.runner import run_stage
+from atp.run import run_stage
 from atp.stages.distill import distill_kl
 from tests.stage_helpers import all_finite, logged_losses, stage_cfg
 

@@ -18,16 +18,11 @@ from pytorch_lightning.callbacks import Callback
 
 from atp import pipeline
 from atp.atomic import clean_stale_temp_files
-from atp.errors import CheckpointError, UserError
+from atp.errors import CheckpointError, CheckpointReadError, CheckpointWriteError, DivergenceError, UserError
 from atp.models.weights import read_checkpoint
-from atp.reliability import (
-    AtomicCheckpointIO,
-    CheckpointReadError,
-    CheckpointWriteError,
-    DivergenceError,
-    batch_names,
-)
-from atp.runner import run_stage
+from atp.run import run_stage
+from atp.run.checkpoint_io import AtomicCheckpointIO
+from atp.run.divergence import batch_names
 from tests.hostile import HostilePayload
 from tests.stage_helpers import TINY, stage_cfg
 
@@ -40,7 +35,7 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path):
     target = tmp_path / "last.ckpt"
     script = textwrap.dedent(f"""
         import time, torch
-        from atp.reliability import AtomicCheckpointIO
+        from atp.run.checkpoint_io import AtomicCheckpointIO
         io = AtomicCheckpointIO()
         io.save_checkpoint({{"step": 1, "w": torch.arange(10.0)}}, {str(target)!r})
         print("first saved", flush=True)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from atp.errors import UserError
-from atp.reliability import RequeueSignal, parse_signal
+from atp.run.signals import RequeueSignal, parse_signal
 from tests.test_sigterm import ROOT, _command, _env, _run
 
 STEPS = 12

@@ -5,7 +5,7 @@ import torch
 from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
-from atp.runner import run_stage
+from atp.run import run_stage
 from tests.stage_helpers import stage_cfg
 
 

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
 from atp import pipeline
-from atp.runner import run_stage
+from atp.run import run_stage
 from tests.stage_helpers import stage_cfg
 from tests.test_resume import CrashAfterStep
 
@@ -78,7 +78,7 @@ def _rerun_on_slurm(data_dir, run_dir, monkeypatch) -> tuple[Record, dict]:
 
 
 def test_resume_checkpoint_takes_the_highest_step(interrupted, tmp_path):
-    from atp.runner import resume_checkpoint
+    from atp.run.resume import resume_checkpoint
 
     run_dir = _copy(interrupted, tmp_path)
     last, hpc = run_dir / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_1.ckpt"

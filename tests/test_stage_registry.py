@@ -33,15 +33,6 @@ def test_unknown_stage_names_the_valid_ones():
 
 
 @pytest.mark.parametrize("stage", STAGE_FILES)
-def test_transitional_yaml_keys_agree_with_the_class(stage, tmp_path):
-    # conf/stage/<name>.yaml keeps data_mode/init_from until the run layer reads the registry
-    cfg = stage_cfg(stage, tmp_path, tmp_path, tmp_path / "run")
-    cls = get_stage(stage)
-    assert cfg.stage.data_mode == cls.data_mode
-    assert cfg.stage.init_from == cls.default_init
-
-
-@pytest.mark.parametrize("stage", STAGE_FILES)
 def test_every_stage_config_builds_its_module(stage, tmp_path):
     extra = []
     if stage == "distill":  # the black box needs a source checkpoint: a tiny model's state dict

@@ -7,7 +7,7 @@ import torch
 
 from atp import pipeline
 from atp.models.weights import read_checkpoint
-from atp.runner import run_stage
+from atp.run import run_stage
 from tests.stage_helpers import all_finite, logged_losses, stage_cfg
 
 

@@ -121,3 +121,37 @@ def test_chain_job_runs_all_stages_and_skips_them_when_rerun(data_toy_root, tmp_
     assert re.findall(r"chain: (\w+) already finished in .*, skipping", (job / "train.log").read_text()) == [
         "source", "align", "teach", "propagate"]
     assert (job / "3_propagate" / "checkpoints" / "final.ckpt").stat().st_mtime_ns == before
+
+
+def test_chain_stage_starts_from_its_latest_registry_predecessor_in_the_chain(tmp_path):
+    from atp.train import chain_init
+
+    source, distill, align, teach = (tmp_path / f"{n}.ckpt" for n in ("source", "distill", "align", "teach"))
+    # align's predecessors are source and distill: the latest finished one, not the previous list element
+    assert chain_init("align", [("source", source), ("teach", teach)]) == str(source)
+    assert chain_init("align", [("source", source), ("distill", distill)]) == str(distill)
+    assert chain_init("teach", [("source", source), ("align", align), ("distill", distill)]) == str(align)
+    # chain.stages=[source, adabn, align, …]: adabn and align both start from source
+    adabn = tmp_path / "adabn.ckpt"
+    assert chain_init("adabn", [("source", source)]) == str(source)
+    assert chain_init("align", [("source", source), ("adabn", adabn)]) == str(source)
+    # nothing of the chain to start from: the stage's own default (source: none; align: auto)
+    assert chain_init("source", []) == "default"
+    assert chain_init("teach", [("source", source)]) == "default"
+
+
+def test_chain_checks_every_stage_option_before_training(data_toy_root, tmp_path):
+    job = tmp_path / "job"
+    result = _train("stage=chain", *_tiny(data_toy_root, tmp_path / "out"), f"hydra.run.dir={job}",
+                    "+per_stage.teach.stage.module.pos_treshold=0.9")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "stage.module.pos_treshold is not an option of stage=teach" in result.stderr
+    assert "Did you mean stage.module.pos_threshold?" in result.stderr
+    assert not (job / "0_source" / "manifest.json").exists()  # nothing trained
+
+
+def test_chain_with_an_unknown_stage_names_the_valid_ones(data_toy_root, tmp_path):
+    result = _train("stage=chain", *_tiny(data_toy_root, tmp_path / "out"), f"hydra.run.dir={tmp_path / 'job'}",
+                    "chain.stages=[source,allign]")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "stage=allign is not a training stage" in result.stderr and "propagate" in result.stderr

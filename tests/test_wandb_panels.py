@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from atp.data.labels import CLASS_NAMES, PALETTE
-from atp.runner import run_stage
+from atp.run import run_stage
 from tests.stage_helpers import stage_cfg
 
 WIDTH, HEIGHT = 64, 32  # the toy val images at dataset.scale=[64,32]
@@ -76,7 +76,7 @@ def _weights(run_dir):
 
 def test_teach_logs_panels_iou_table_and_model_artifact(data_toy_root, source_ckpt, offline):
     manifest, run_dir = _run("teach", data_toy_root, offline / "out", source_ckpt, "logger=wandb",
-                             "logger.wandb.image_interval=2", "logger.wandb.log_model=true")
+                             "callbacks.wandb_panels.image_interval=2", "callbacks.wandb_panels.log_model=true")
     run = _offline_run(run_dir)
 
     panels = sorted((run / "files" / "media" / "images").rglob("*.png"))
@@ -108,7 +108,7 @@ def test_teach_logs_panels_iou_table_and_model_artifact(data_toy_root, source_ck
 def test_panels_leave_training_bit_identical(data_toy_root, source_ckpt, offline):
     _, plain = _run("teach", data_toy_root, offline / "plain", source_ckpt)
     _, logged = _run("teach", data_toy_root, offline / "logged", source_ckpt, "logger=wandb",
-                     "logger.wandb.image_interval=1")
+                     "callbacks.wandb_panels.image_interval=1")
     assert len(list((_offline_run(logged) / "files" / "media" / "images").rglob("*.png"))) == 4 * 4
     expected, got = _weights(plain), _weights(logged)
     assert expected.keys() == got.keys()
@@ -124,7 +124,7 @@ def test_align_shows_na_tile_and_wandb_failures_only_warn(data_toy_root, source_
     monkeypatch.setattr(WandbLogger, "log_table", broken)
     with caplog.at_level(logging.WARNING, logger="atp.wandb_panels"):
         manifest, run_dir = _run("align", data_toy_root, offline / "out", source_ckpt, "logger=wandb",
-                                 "logger.wandb.image_count=1")
+                                 "callbacks.wandb_panels.image_count=1")
     assert manifest["status"] == "complete"
     assert "W&B per-class IoU table failed (RuntimeError: W&B is down)" in caplog.text
     (panel,) = (_offline_run(run_dir) / "files" / "media" / "images").rglob("*.png")  # only the final one

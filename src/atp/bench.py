@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
 import resource
@@ -32,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from atp.atomic import atomic_write_json
+from atp.data.io import write_png_atomic
 from atp.stages import build_stage_module, default_chain
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -367,7 +368,7 @@ def write_cityscapes_frames(root: Path, count: int, seed: int = 0) -> Path:
         coarse = rng.integers(0, 256, (height // 32, width // 32, 3), dtype=np.uint8)
         smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.int16)
         noisy = np.clip(smooth + rng.integers(-6, 7, smooth.shape), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / f"aachen_{index:06d}_000019_leftImg8bit.png"), noisy)
+        write_png_atomic(folder / f"aachen_{index:06d}_000019_leftImg8bit.png", noisy)
     return root
 
 
@@ -534,7 +535,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_table(rows))
     if args.json is not None and not args.dry_run:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write_json(args.json, rows)
     return rows
 
 

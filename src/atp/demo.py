@@ -17,29 +17,13 @@ from hydra import compose, initialize_config_dir
 
 from atp import pipeline
 from atp.data.config import find_conf_dir
+from atp.evaluate import evaluate_checkpoint
+from atp.stages import get_stage
 from atp.summary import collect, write_summary
 
 CONF_DIR = find_conf_dir()
 # adabn is a side branch (align still starts from source): a baseline row in the table
 STAGES = ("source", "adabn", "align", "teach", "propagate")
-
-
-TEACHER_STAGES = ("teach", "propagate")  # stages whose checkpoint holds an EMA teacher worth reporting
-
-
-def evaluate_stage(ckpt: Path, out_dir: Path, train_cfg, weights: str = "student") -> dict:
-    """``atp.evaluate`` of one checkpoint (in-process) with the model/data config the demo trained with."""
-    from omegaconf import open_dict
-
-    from atp.evaluate import evaluate
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=[f"ckpt={ckpt}", f"output_dir={out_dir}", f"weights={weights}"])
-    with open_dict(cfg):
-        for key in ("model", "dataset", "paths", "data"):
-            cfg[key] = train_cfg[key]
-        cfg.data.num_workers = 0
-    return evaluate(cfg, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     for manifest in collect(out):
         ckpt = pipeline.manifest_checkpoint(manifest)
         stage_dir = Path(manifest["_dir"])
-        result = evaluate_stage(ckpt, stage_dir / "eval", train_cfg)
+        result = evaluate_checkpoint(ckpt, stage_dir / "eval", train_cfg)
         teacher = None
-        if manifest["stage"] in TEACHER_STAGES:
-            teacher = evaluate_stage(ckpt, stage_dir / "eval_teacher", train_cfg, weights="teacher")["mIoU"]["all19"]
+        if getattr(get_stage(manifest["stage"]), "teaches_with_pseudo_labels", False):  # an EMA teacher worth reporting
+            teacher = evaluate_checkpoint(ckpt, stage_dir / "eval_teacher", train_cfg, weights="teacher")["mIoU"]["all19"]
         rows.append((manifest["stage"], result["mIoU"]["all19"], result["pixel_acc"], teacher))
     write_summary(out)
     minutes = (time.time() - started) / 60

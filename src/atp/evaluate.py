@@ -23,6 +23,7 @@ from atp.atomic import atomic_write_json
 from atp.cli import hydra_entry
 from atp.data import build_datamodule
 from atp.data.config import find_conf_dir
+from atp.data.io import write_png_atomic
 from atp.data.labels import CLASS_NAMES, PALETTE, colourise
 from atp.inference import acdc_class_prior_weights, segment_probs
 from atp.metrics import SegMetric
@@ -108,7 +109,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
                     break
                 name = Path(str(batch["name"][b])).stem
                 pair = np.concatenate([colourise(pred[b].cpu().numpy()), colourise(label[b].cpu().numpy())], axis=1)
-                _write_png(vis_dir / f"{name}_pred_gt.png", pair)
+                write_png_atomic(vis_dir / f"{name}_pred_gt.png", pair)
                 written += 1
 
     matrix = metric.confmat.cpu()
@@ -160,12 +161,6 @@ def _fresh_metrics(path: Path, ckpt: Path, weights: str) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return metrics if metrics.get("ckpt") == str(ckpt) and metrics.get("weights") == weights else None
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import cv2
-
-    cv2.imwrite(str(path), rgb[:, :, ::-1])
 
 
 def print_table(result: dict) -> None:

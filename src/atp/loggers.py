@@ -1,11 +1,15 @@
-"""Experiment loggers: W&B that never hangs without network or account (offline fallback)."""
+"""Experiment loggers (``conf/logger``): built per stage; W&B never hangs without network or account."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +58,19 @@ def make_wandb_logger(
         project=project, entity=entity, group=group, tags=list(tags), save_dir=save_dir, mode=resolved,
         name=name, settings=settings,
     )
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, resuming: bool = False) -> list:
+    """The Lightning loggers of ``cfg.logger`` for one stage run (empty for ``logger=none``)."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        logger_cfg = OmegaConf.to_container(logger_cfg, resolve=True)
+        if name == "csv" and resuming:  # a resumed run logs beside, not over, what was logged before
+            logger_cfg["version"] = f"resumed-{time.strftime('%Y%m%d-%H%M%S')}"
+        if name == "wandb":
+            logger_cfg["group"] = logger_cfg.get("group") or (
+                f"{cfg.dataset.name}-{sweep_dir.name}" if sweep_dir else f"{cfg.dataset.name}-{run_dir.name}"
+            )
+            logger_cfg.setdefault("name", f"{cfg.stage.name}-{run_dir.name}")
+        loggers.append(instantiate(logger_cfg))
+    return loggers

@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from atp.atomic import atomic_write_json
-from atp.errors import HandOffError
+from atp.errors import HandOffError, UserError
+from atp.stages import default_chain, get_stage
 
-STAGE_ORDER = ("source", "align", "teach", "propagate")
-PREDECESSORS: dict[str, tuple[str, ...]] = {
-    "source": (),
-    "distill": (),
-    "align": ("source", "distill"),
-    "teach": ("align",),
-    "propagate": ("teach",),
-}
 MANIFEST = "manifest.json"
 # Overrides that differ between the stages of one chain and so do not identify the chain.
 _NOT_CHAIN_KEYS = ("stage", "init_from", "init_which", "ckpt_path", "resume", "split_dir")
@@ -112,15 +105,17 @@ def resolve_predecessor(
     key: str | None = None,
     command_hint: str = "",
 ) -> dict:
-    """The manifest of the run this stage starts from (``init_from=auto``).
+    """The manifest of the run this stage starts from (``init_from=auto``): a finished run of one of the
+    stage's registry ``predecessors``.
 
     In a multirun sweep: the finished sibling job of a previous stage with the same chain key.
     Otherwise: the newest finished matching run (same dataset and model; same seed preferred)
     under ``output_dir``. Raises :class:`HandOffError` naming the command that makes it.
     """
-    previous = PREDECESSORS.get(stage)
-    if previous is None:
-        raise HandOffError(f"unknown stage {stage!r}; choose one of {', '.join(PREDECESSORS)}")
+    try:
+        previous = get_stage(stage).predecessors
+    except UserError as err:
+        raise HandOffError(str(err)) from None
     if not previous:
         raise HandOffError(f"stage={stage} has no previous stage; init_from=auto does not apply")
     if sweep_dir is not None:
@@ -141,7 +136,7 @@ def resolve_predecessor(
         f"model={model}, and none was found under {output_dir}"
         + (f" or in the sweep {sweep_dir}" if sweep_dir else "")
         + f". Make it first with `{hint}` (or list the stages in order in one sweep: "
-        f"`python -m atp.train -m stage={','.join(STAGE_ORDER)} dataset={dataset}`), "
+        f"`python -m atp.train -m stage={','.join(default_chain())} dataset={dataset}`), "
         "or pass init_from=/path/to/checkpoint."
     )
 

@@ -6,14 +6,21 @@ from pathlib import Path
 
 from atp import pipeline
 from atp.atomic import atomic_write_json, atomic_write_text
+from atp.stages import STAGES
 
-_ORDER = {name: i for i, name in enumerate(("source", "distill", "align", "teach", "propagate"))}
+
+def stage_depth(name: str) -> int:
+    """How many hand-offs precede ``name`` in the registry (source, distill 0; align 1; …); unknown: last."""
+    stage = STAGES.get(name)
+    if stage is None:
+        return len(STAGES)
+    return max((stage_depth(p) + 1 for p in stage.predecessors), default=0)
 
 
 def collect(root: str | Path) -> list[dict]:
     """Manifests under ``root`` in chain order (then by start time)."""
     manifests = pipeline.find_manifests(root)
-    return sorted(manifests, key=lambda m: (str(m.get("chain_key")), _ORDER.get(m.get("stage"), 99),
+    return sorted(manifests, key=lambda m: (str(m.get("chain_key")), stage_depth(str(m.get("stage"))),
                                             m.get("started_at", 0)))
 
 

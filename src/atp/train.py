@@ -1,7 +1,7 @@
-"""``python -m atp.train stage=<source|align|teach|propagate|distill|chain> dataset=<...>``.
+"""``python -m atp.train stage=<a stage of atp.stages.STAGES | chain> dataset=<...>``.
 
 One job trains one stage; a multirun sweep ``-m stage=source,align,teach,propagate`` chains them
-(each job starts from its predecessor's weights); ``stage=chain`` runs the whole chain in one job.
+(each job starts from its registry predecessor's weights); ``stage=chain`` runs the whole chain in one job.
 """
 
 from __future__ import annotations
@@ -10,15 +10,20 @@ import logging
 import os
 from pathlib import Path
 
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning_fabric.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from atp import pipeline
 from atp.cli import hydra_entry
 from atp.errors import UserError
-from atp.reliability import is_rank_zero
-from atp.runner import run_stage
+from atp.run import run_stage
+from atp.run.distributed import on_main_process
+from atp.run.init_weights import STAGE_DEFAULT
+from atp.stages import check_stage_options, default_chain, get_stage
+from atp.stages.registry import CHAIN
 from atp.summary import write_summary
 
 log = logging.getLogger("atp.train")
@@ -53,35 +58,57 @@ def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def run_chain(cfg: DictConfig, job_dir: Path) -> list[dict]:
-    """All stages of ``chain.stages`` in one job; finished stages are skipped, an unfinished one resumed."""
-    from hydra import compose
+def chain_stages(cfg: DictConfig) -> list[str]:
+    """``chain.stages``, or the registry's default chain when null; an unknown name is a ``UserError``."""
+    names = [str(n) for n in cfg.chain.stages] if cfg.chain.get("stages") else default_chain()
+    for name in names:
+        get_stage(name)
+    return names
 
+
+def chain_init(stage: str, finished: list[tuple[str, Path]]) -> str:
+    """``init_from`` for ``stage`` in a chain: the final checkpoint of the latest finished stage *of this chain*
+    that is one of its registry predecessors; without one, the stage's default (``init_from=default``)."""
+    predecessors = get_stage(stage).predecessors
+    for name, checkpoint in reversed(finished):
+        if name in predecessors:
+            return str(checkpoint)
+    return STAGE_DEFAULT
+
+
+def compose_chain(cfg: DictConfig, job_dir: Path) -> list[tuple[str, Path, DictConfig]]:
+    """(stage, stage dir, config) for each stage of the chain, every stage's module options checked."""
     overrides = pipeline.chain_overrides(_task_overrides())
-    manifests: list[dict] = []
-    previous_ckpt: Path | None = None
-    for index, stage in enumerate(cfg.chain.stages):
+    planned = []
+    for index, stage in enumerate(chain_stages(cfg)):
         stage_dir = job_dir / f"{index}_{stage}"
+        stage_cfg = compose(config_name="train", overrides=[*overrides, f"stage={stage}", "resume=true"])
+        with open_dict(stage_cfg):
+            stage_cfg.run_dir = str(stage_dir)
+        stage_cfg = apply_per_stage(stage_cfg, overrides)
+        check_stage_options(stage_cfg.stage)  # a misspelt per_stage option fails before anything trains
+        planned.append((stage, stage_dir, stage_cfg))
+    return planned
+
+
+def run_chain(cfg: DictConfig, job_dir: Path) -> list[dict]:
+    """All stages of the chain in one job; finished stages are skipped, an unfinished one resumed."""
+    manifests: list[dict] = []
+    finished: list[tuple[str, Path]] = []
+    for stage, stage_dir, stage_cfg in compose_chain(cfg, job_dir):
         done = pipeline.read_manifest(stage_dir)
         if done and done.get("status") == "complete" and pipeline.manifest_checkpoint(done).is_file():
             log.info("chain: %s already finished in %s, skipping", stage, stage_dir)
             manifests.append(done)
-            previous_ckpt = pipeline.manifest_checkpoint(done)
+            finished.append((stage, pipeline.manifest_checkpoint(done)))
             continue
-        init = "null" if previous_ckpt is None else str(previous_ckpt)
-        stage_cfg = compose(
-            config_name="train",
-            overrides=[*overrides, f"stage={stage}", f"init_from={init}", "resume=true"],
-        )
         with open_dict(stage_cfg):
-            stage_cfg.run_dir = str(stage_dir)
-        stage_cfg = apply_per_stage(stage_cfg, overrides)
+            stage_cfg.init_from = chain_init(stage, finished)
         manifest = run_stage(stage_cfg, stage_dir, sweep_dir=job_dir, key="chain")
         manifest["_dir"] = str(stage_dir)
         manifests.append(manifest)
-        previous_ckpt = pipeline.manifest_checkpoint(manifest)
-        if is_rank_zero():  # under DDP every rank runs the chain; one writes the summary
-            write_summary(job_dir)
+        finished.append((stage, pipeline.manifest_checkpoint(manifest)))
+        on_main_process(write_summary, job_dir)  # under DDP every rank runs the chain; one writes the summary
     return manifests
 
 
@@ -90,12 +117,6 @@ def launches_ranks(trainer_cfg: DictConfig) -> bool:
 
     Not when a cluster or torchrun started them (SLURM, LSF, TorchElastic), nor in such a re-run rank.
     """
-    from lightning_fabric.plugins.environments import (
-        LSFEnvironment,
-        SLURMEnvironment,
-        TorchElasticEnvironment,
-    )
-
     if "LOCAL_RANK" in os.environ or any(env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment,
                                                                   LSFEnvironment)):
         return False
@@ -118,14 +139,14 @@ def main(cfg: DictConfig) -> None:
             "re-runs the command line for each extra process, sweep included. Run one job without -m "
             "(stage=chain runs all stages), or launch the sweep on SLURM (hydra/launcher=submitit_slurm)"
         )
-    if cfg.stage.name == "chain":
+    if cfg.stage.name == CHAIN:
         run_chain(cfg, run_dir)
         return
     cfg = apply_per_stage(cfg, _task_overrides())
     key = pipeline.chain_key(_task_overrides())
     manifest = run_stage(cfg, run_dir, sweep_dir=sweep_dir, key=key)
-    if sweep_dir is not None and is_rank_zero():
-        write_summary(sweep_dir)
+    if sweep_dir is not None:
+        on_main_process(write_summary, sweep_dir)
     metrics = manifest.get("metrics", {})
     log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU/all19", float("nan")),
              run_dir)

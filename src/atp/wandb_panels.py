@@ -1,6 +1,6 @@
 """W&B extras for ``logger=wandb``: sample panels, a per-class IoU table and the stage's model artifact.
 
-Rank zero only. Nothing here changes training: the panels read fixed target-val samples straight from
+The ``wandb_panels`` entry of ``conf/callbacks``; inert without a W&B logger. Rank zero only. Nothing here changes training: the panels read fixed target-val samples straight from
 the dataset (not through a loader), run without gradients in eval mode, and restore module modes,
 the teacher's buffers and every RNG state. A failing W&B call is logged as a warning.
 """
@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
 from atp.adaptation import normalized_entropy, pseudo_labels_from_logits
@@ -28,8 +27,6 @@ from atp.inference import segment_probs
 
 log = logging.getLogger(__name__)
 
-#: keys of ``conf/logger/wandb.yaml`` read here rather than by the logger
-PANEL_KEYS = ("image_interval", "image_count", "image_tile_width", "log_model")
 LOW_CONFIDENCE_DIM = 0.35  # pseudo-label pixels under the teacher's confidence threshold are darkened
 
 
@@ -89,11 +86,12 @@ class WandbPanels(pl.Callback):
 
     One composite per sample: input | student prediction | teacher pseudo-label (dimmed where the
     teacher is under its confidence threshold; ``n/a`` for stages without one) | normalised entropy.
+    It logs through the trainer's first ``WandbLogger`` (found at ``setup``) and does nothing without one.
     """
 
-    def __init__(self, logger: Any, image_interval: int = 1000, image_count: int = 4,
-                 image_tile_width: int | None = 512, log_model: bool = False) -> None:
-        self.logger = logger
+    def __init__(self, image_interval: int = 1000, image_count: int = 4, image_tile_width: int | None = 512,
+                 log_model: bool = False) -> None:
+        self.logger: Any = None
         self.image_interval = int(image_interval or 0)
         self.image_count = int(image_count or 0)
         self.image_tile_width = image_tile_width
@@ -102,17 +100,23 @@ class WandbPanels(pl.Callback):
         self._last_panel_step = -1
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        self.logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if self.image_interval > 0 and step > 0 and step % self.image_interval == 0:
+        if self.logger is not None and self.image_interval > 0 and step > 0 and step % self.image_interval == 0:
             self.log_panel(trainer, module)
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.log_panel(trainer, module)
+        if self.logger is not None:
+            self.log_panel(trainer, module)
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         metrics = getattr(module, "last_val_metrics", None)
-        if trainer.sanity_checking or not metrics or not trainer.is_global_zero:
+        if self.logger is None or trainer.sanity_checking or not metrics or not trainer.is_global_zero:
             return
         rows = [[k.removeprefix("val/IoU/"), float(v)] for k, v in metrics.items() if k.startswith("val/IoU/")]
         self._guard("per-class IoU table", self.logger.log_table, key="val/per_class_IoU",
@@ -160,8 +164,12 @@ class WandbPanels(pl.Callback):
         return composite(tiles, self.image_tile_width)
 
     # ------------------------------------------------------------------ end of stage
-    def end_stage(self, run_dir: Path, manifest: Mapping[str, Any]) -> None:
-        """With ``log_model``, manifest + final checkpoint as one ``model`` artifact; then close the W&B run."""
+    def on_stage_complete(self, run_dir: Path, manifest: Mapping[str, Any]) -> None:
+        """With ``log_model``, manifest + final checkpoint as one ``model`` artifact; then close the W&B run.
+
+        Called by the run layer on rank 0 once the finished manifest is written (not a Lightning hook)."""
+        if self.logger is None:
+            return
         if self.log_model and manifest.get("final_ckpt"):
             self._guard("model artifact", self._log_artifact, Path(run_dir), manifest)
         self._guard("closing the run", lambda: self.logger.experiment.finish())
@@ -184,14 +192,3 @@ class WandbPanels(pl.Callback):
         except Exception as err:  # W&B trouble must never stop training
             log.warning("W&B %s failed (%s: %s); training goes on", what, type(err).__name__, err)
             return None
-
-
-def attach(loggers: list, options: Mapping[str, Any] | None) -> WandbPanels | None:
-    """A :class:`WandbPanels` for the first ``WandbLogger`` in ``loggers``; None without one."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    wandb_logger = next((lg for lg in loggers if isinstance(lg, WandbLogger)), None)
-    if wandb_logger is None:
-        return None
-    options = OmegaConf.to_container(options, resolve=True) if isinstance(options, DictConfig) else options
-    return WandbPanels(wandb_logger, **{k: v for k, v in (options or {}).items() if k in PANEL_KEYS})

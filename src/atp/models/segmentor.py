@@ -60,7 +60,7 @@ def build_segmentor(
     ``decoder`` holds ``DAFormerHead`` options (``embed_dim``, ``dilations``, ``dropout``); ``proj_head``
     holds ``ProjectionHead`` options (``mid_channels``, ``out_channels``) or is None for no head.
     ``imagenet_init`` (path to an official ``mit_b*.pth``) is only accepted so that the config key can sit
-    in ``conf/model``: building stays free of file access, and the caller loads it (``atp.runner``).
+    in ``conf/model``: building stays free of file access, and the caller loads it (``atp.run.init_weights``).
     """
     del imagenet_init
     mit = MiTEncoder(encoder, drop_path_rate=drop_path_rate)
