@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,slurm]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -28,10 +28,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The SLURM scenarios (tests/cluster, docs/cluster.md): installs the slurm extra into .venv, and, through the
-# tests, slurm-wlm + munge (apt-get, root) and a one-node SLURM (scripts/slurm_local.sh) that it stops again.
+# The SLURM scenarios (tests/cluster, docs/cluster.md): .venv has the slurm extra (every target installs it);
+# through the tests, slurm-wlm + munge (apt-get, root) and a one-node SLURM (scripts/slurm_local.sh) that it
+# stops again.
 test-cluster: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,slurm]'
 	$(PY) -m pytest -q -m cluster --basetemp=/tmp/atp-test-cluster tests/cluster
 
 demo: $(STAMP)

@@ -67,7 +67,7 @@ def test_sigterm_saves_last_step_marks_manifest_and_resume_finishes(data_toy_roo
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     step = manifest["stopped_at_step"]
-    assert manifest["status"] == "interrupted" and 2 <= step < STEPS
+    assert manifest["status"] == "interrupted" and 2 <= step < STEPS and manifest["stopped_by"] == "SIGTERM"
     assert f"after step {step} of {STEPS}" in errors[0]
     # last.ckpt is the step the run stopped at (saved on SIGTERM, not only the periodic step-2 file), and loads
     checkpoint = torch.load(last, weights_only=False)
@@ -81,6 +81,8 @@ def test_sigterm_saves_last_step_marks_manifest_and_resume_finishes(data_toy_roo
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr + resumed.stdout, resumed.stdout
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["steps"] == STEPS
+    (stop,) = manifest["interruptions"]  # the finished manifest still says where it was stopped, and by what
+    assert stop["step"] == step and stop["stopped_by"] == "SIGTERM" and stop["resumed_from"].endswith("last.ckpt")
 
     reference_dir = tmp_path / "uninterrupted"
     reference = _run(_command(data_toy_root, tmp_path, reference_dir))

@@ -155,3 +155,15 @@ def test_chain_with_an_unknown_stage_names_the_valid_ones(data_toy_root, tmp_pat
                     "chain.stages=[source,allign]")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "stage=allign is not a training stage" in result.stderr and "propagate" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_of_chain_jobs_gets_one_results_table(data_toy_root, tmp_path):
+    # each stage=chain job summarises only its own job dir; the Hydra callback summarises the whole sweep
+    sweep = tmp_path / "sweep"
+    result = _train("-m", "stage=chain", "chain.stages=[source]", "seed=1,2", *_tiny(data_toy_root, tmp_path / "out"),
+                    f"hydra.sweep.dir={sweep}", "trainer.max_steps=1", "trainer.val_check_interval=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((sweep / "results.json").read_text())
+    assert sorted((r["seed"], r["stage"]) for r in rows) == [(1, "source"), (2, "source")]
+    assert (sweep / "results.md").is_file()

@@ -127,7 +127,6 @@ def test_time_limit_requeues_mid_stage_and_the_chain_ends_bit_for_bit(time_limit
         assert manifest["metrics"] == _manifest(time_limit_run["reference"] / name)["metrics"], stage
 
 
-@pytest.mark.xfail(strict=True, reason="run layer: a resumed stage's manifest drops the interruption (report #13)")
 def test_time_limit_the_manifest_records_the_interruption(time_limit_run):
     interrupted = [_manifest(time_limit_run["job_dir"] / name) for name, _ in _saved_on_signal(time_limit_run["job_dir"])]
     assert interrupted
@@ -202,8 +201,6 @@ def test_sweep_runs_one_slurm_job_per_seed_with_the_chain_hand_off(sweep_run):
     assert _differing(a, b)  # the seeds differ
 
 
-@pytest.mark.xfail(strict=True, reason="run layer: stage=chain jobs write results.md only in their own job dir "
-                                       "(report #13)")
 def test_sweep_results_aggregate_both_jobs(sweep_run):
     rows = json.loads((sweep_run / "results.json").read_text())
     assert sorted((r["seed"], r["stage"]) for r in rows) == [(1, "align"), (1, "source"), (2, "align"), (2, "source")]

@@ -13,6 +13,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from atp import pipeline
 from atp.run.init_weights import model_name
+from atp.run.signals import RequeueSignal
 
 
 def start_manifest(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, key: str, init_path: Path | None,
@@ -27,13 +28,25 @@ def start_manifest(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, key: 
     )
 
 
-def mark_failed(manifest: dict, step: int, error: BaseException | None = None) -> None:
-    """Record where and (for a crash) why a stage stopped."""
+def mark_failed(manifest: dict, step: int, error: BaseException | None = None, stopped_by: str | None = None) -> None:
+    """Record where and why a stage stopped: ``interrupted`` by ``stopped_by`` (a signal, Ctrl-C), or
+    ``failed`` with the ``error``."""
     manifest["stopped_at_step"] = int(step)
     if error is None:
-        manifest["status"] = "interrupted"
+        manifest.update(status="interrupted", stopped_by=stopped_by)
     else:
         manifest.update(status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+
+
+def carry_over(previous: dict, resume_path: str | os.PathLike) -> dict:
+    """What a resumed stage keeps of its earlier manifest: the validation history and every stop so far
+    (``interruptions``: step, status, what stopped it, and the checkpoint the run resumed from)."""
+    stops = list(previous.get("interruptions", []))
+    if previous.get("status") in ("interrupted", "failed"):
+        stops.append({"step": previous.get("stopped_at_step"), "status": previous["status"],
+                      "stopped_by": previous.get("stopped_by") or previous.get("error"),
+                      "resumed_from": str(resume_path)})
+    return {"history": previous.get("history", []), "interruptions": stops}
 
 
 def mark_complete(manifest: dict, run_dir: Path, final: Path, last: Path, steps: int, started: float) -> None:
@@ -56,7 +69,9 @@ class ManifestCallback(Callback):
         """A stopped stage says why instead of ``running``: ``interrupted`` (SIGTERM, the requeue signal,
         Ctrl-C) or ``failed`` (any crash, divergence included), with the step it stopped at."""
         interrupted = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
-        mark_failed(self.manifest, trainer.global_step, None if interrupted else exception)
+        requeue = next((c for c in trainer.callbacks if isinstance(c, RequeueSignal) and c.received), None)
+        stopped_by = requeue.name if requeue else "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
+        mark_failed(self.manifest, trainer.global_step, None if interrupted else exception, stopped_by)
         if trainer.is_global_zero:
             pipeline.write_manifest(self.run_dir, self.manifest)
 

@@ -27,7 +27,7 @@ from atp.run.checkpoint_io import AtomicCheckpointIO
 from atp.run.distributed import on_main_process
 from atp.run.init_weights import load_initial_weights, resolve_init
 from atp.run.lightning_private import validate_in_memory
-from atp.run.manifest import mark_complete, mark_failed, start_manifest
+from atp.run.manifest import carry_over, mark_complete, mark_failed, start_manifest
 from atp.run.resume import choose_resume_path
 from atp.run.signals import RequeueSignal
 from atp.run.split import ensure_split
@@ -64,7 +64,7 @@ def run_stage(
 
     manifest = start_manifest(cfg, run_dir, sweep_dir, key, init_path, init_run, init_note)
     if previous and resume_path:
-        manifest["history"] = previous.get("history", [])
+        manifest.update(carry_over(previous, resume_path))
     split_dir = cfg.split_dir
     if stage.data_mode == EASY_HARD:
         split_dir = ensure_split(cfg, model, run_dir, split_dir)
