@@ -167,3 +167,11 @@ def test_a_sweep_of_chain_jobs_gets_one_results_table(data_toy_root, tmp_path):
     rows = json.loads((sweep / "results.json").read_text())
     assert sorted((r["seed"], r["stage"]) for r in rows) == [(1, "source"), (2, "source")]
     assert (sweep / "results.md").is_file()
+
+
+def test_a_user_error_inside_a_submitit_job_raises_instead_of_exiting(tmp_path):
+    # SystemExit would leave submitit without a result file; the exception becomes the job's result
+    plain = _train("stage=chain", "chain.stages=[nope]", f"paths.output_dir={tmp_path}")
+    in_job = _train("stage=chain", "chain.stages=[nope]", f"paths.output_dir={tmp_path}", env={"SUBMITIT_FOLDER": str(tmp_path)})
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert "error:" in in_job.stderr and "UserError" in in_job.stderr and in_job.returncode == 1

@@ -35,6 +35,10 @@ def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], None]], Ca
             except user_errors() as err:  # a mistake the user can fix: one line, no traceback
                 logging.getLogger(task.__module__).error("%s", err)
                 print(f"error: {err}", file=sys.stderr)
+                if os.environ.get("SUBMITIT_FOLDER"):
+                    # Inside a submitit job a SystemExit writes no result file: the submitting process
+                    # would wait for one forever (or report "no output"); an exception becomes its result.
+                    raise
                 sys.exit(getattr(err, "exit_code", 2))
 
         hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir) if found else None,
