@@ -70,3 +70,29 @@ def test_write_summary_tables_json_and_plot(sweep):
                                                                        ("source", 1)]
     assert len(data["runs"]) == 8
     assert (sweep / "miou_over_steps.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_two_seed_toy_sweep_reports_mean_and_std_per_stage(data_toy_root, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.stage_helpers import TINY
+
+    sweep = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "atp.train", "-m", "stage=source,align", "seed=1,2", *TINY,
+         f"paths.data_dir={data_toy_root}", f"paths.output_dir={tmp_path / 'out'}", f"hydra.sweep.dir={sweep}",
+         "trainer.max_steps=2", "trainer.val_check_interval=2"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (sweep / "results.md").read_text()
+    for stage in ("source", "align"):
+        runs = [json.loads(p.read_text()) for p in sweep.glob("*/manifest.json")]
+        values = [m["metrics"]["mIoU/all19"] for m in runs if m["stage"] == stage]
+        assert len(values) == 2
+        mean, std = np.mean(values), np.std(values, ddof=1)
+        assert f"| {stage} | toy | {runs[0]['model']} | student | final (last step) | {mean:.2f} ± {std:.2f} | 2 | 1, 2 |" in text

@@ -165,8 +165,9 @@ def plot_history(manifests: list[dict], path: Path) -> Path | None:
         steps = [offset + step for step, *_ in points]
         label = key[2] if len(families) == 1 else f"{key[2]} ({key[0]}, {key[1]})"
         line, = ax.plot(steps, [mean for _, mean, _, _ in points], marker="o", label=f"{label}, n={len(runs)}")
-        ax.fill_between(steps, [lo for *_, lo, _ in points], [hi for *_, hi in points], color=line.get_color(),
-                        alpha=0.2, linewidth=0)
+        low, high = [lo for *_, lo, _ in points], [hi for *_, hi in points]
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.vlines(steps, low, high, color=line.get_color(), alpha=0.6)  # the band of a single validation
         ax.axvline(offset, color="0.85", lw=0.8)
         offsets[key[:2]] = offset + max([m.get("steps") or 0 for m in runs] + [points[-1][0]])
         drew = True
