@@ -50,7 +50,7 @@ def test_multirun_chain_hands_weights_from_stage_to_stage(data_toy_root, tmp_pat
     for stage in ("source", "align", "teach", "propagate"):
         assert f"| {stage} | toy |" in results
     assert (sweep / "miou_over_steps.png").is_file()
-    assert json.loads((sweep / "results.json").read_text())[-1]["stage"] == "propagate"
+    assert json.loads((sweep / "results.json").read_text())["runs"][-1]["stage"] == "propagate"
 
     # the demo's evaluation of the same sweep: student for every stage, EMA teacher for T and P
     from atp.demo import main as demo_main

@@ -202,7 +202,7 @@ def test_sweep_runs_one_slurm_job_per_seed_with_the_chain_hand_off(sweep_run):
 
 
 def test_sweep_results_aggregate_both_jobs(sweep_run):
-    rows = json.loads((sweep_run / "results.json").read_text())
+    rows = json.loads((sweep_run / "results.json").read_text())["runs"]
     assert sorted((r["seed"], r["stage"]) for r in rows) == [(1, "align"), (1, "source"), (2, "align"), (2, "source")]
     assert all(r["status"] == "complete" for r in rows)
 
