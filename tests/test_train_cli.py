@@ -164,7 +164,7 @@ def test_a_sweep_of_chain_jobs_gets_one_results_table(data_toy_root, tmp_path):
     result = _train("-m", "stage=chain", "chain.stages=[source]", "seed=1,2", *_tiny(data_toy_root, tmp_path / "out"),
                     f"hydra.sweep.dir={sweep}", "trainer.max_steps=1", "trainer.val_check_interval=1")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((sweep / "results.json").read_text())
+    rows = json.loads((sweep / "results.json").read_text())["runs"]
     assert sorted((r["seed"], r["stage"]) for r in rows) == [(1, "source"), (2, "source")]
     assert (sweep / "results.md").is_file()
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from atp import pipeline
 from atp.atomic import atomic_write_json, atomic_write_text
-from atp.ladder.tables import spread
 from atp.stages import STAGES
+from atp.stats import spread
 
 METRIC = "mIoU/all19"
 WEIGHTS = "student"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 
 from atp.ladder.plan import ORACLE
+from atp.stats import spread
 
 MIOU_SUBSET = "all19"
 GAP_BASELINE = "source"  # source-only: 0 % of the gap to the oracle
@@ -24,14 +25,6 @@ DEFINITIONS = (
     "selection. **Per-class change** Teach → Propagate: student IoU per class, Propagate − Teach per seed, "
     "mean over seeds, sorted from the largest gain down."
 )
-
-
-def spread(values: list[float]) -> dict | None:
-    """``{mean, std, n}``; std is the sample standard deviation (None for one value); None for no values."""
-    if not values:
-        return None
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 
 
 def _miou(metrics: dict | None) -> float | None:

@@ -1,0 +1,13 @@
+"""Aggregates over seeds, shared by a sweep's results (atp.summary) and the ladder (atp.ladder)."""
+
+from __future__ import annotations
+
+import statistics
+
+
+def spread(values: list[float]) -> dict | None:
+    """``{mean, std, n}``; std is the sample standard deviation (None for one value); None for no values."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
