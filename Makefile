@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atp-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast demo ladder lint bench clean-outputs
+.PHONY: install test test-fast test-cluster demo ladder lint bench clean-outputs
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The SLURM scenarios (tests/cluster, docs/cluster.md): installs the slurm extra into .venv, and, through the
+# tests, slurm-wlm + munge (apt-get, root) and a one-node SLURM (scripts/slurm_local.sh) that it stops again.
+test-cluster: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,slurm]'
+	$(PY) -m pytest -q -m cluster --basetemp=/tmp/atp-test-cluster tests/cluster
 
 demo: $(STAMP)
 	$(PY) -m atp.demo
