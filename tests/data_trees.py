@@ -154,3 +154,28 @@ def write_all(data_dir: str | Path) -> Path:
     write_acdc(data_dir / "acdc")
     write_dark_zurich(data_dir / "dark_zurich")
     return data_dir
+
+
+def write_test_splits(data_dir: str | Path, n: int = 2) -> Path:
+    """The unlabelled ``test`` splits in the official layouts, with the folder names the dataset configs expect:
+    Cityscapes ``leftImg8bit/test/<city>/``, ACDC ``rgb_anon/<cond>/test/<seq>/`` (night, fog) and Dark Zurich
+    ``rgb_anon/test/night/<seq>/``. Image ``i`` of each is :func:`fixture_train_ids` ``(300 + i)`` drawn flat;
+    the Cityscapes test images are 2 px wider than the eval scale, so an export at the original size shows."""
+    data_dir = Path(data_dir)
+    for i in range(n):
+        ids = fixture_train_ids(300 + i)
+        city = ("berlin", "bielefeld")[i % 2]
+        wide = fixture_rgb(fixture_train_ids(300 + i, (FIXTURE_SIZE[0] + 2, FIXTURE_SIZE[1])))
+        write_png_atomic(
+            data_dir / "cityscapes" / "leftImg8bit" / "test" / city / f"{city}_{i:06d}_000019_leftImg8bit.png", wide
+        )
+        for condition in ("night", "fog"):
+            seq = f"GOPR05{i % 2:02d}"
+            path = data_dir / "acdc" / "rgb_anon" / condition / "test" / seq / f"{seq}_frame_{i:06d}_rgb_anon.png"
+            write_png_atomic(path, fixture_rgb(ids))
+        seq = "GOPR0364"
+        write_png_atomic(
+            data_dir / "dark_zurich" / "rgb_anon" / "test" / "night" / seq / f"{seq}_frame_{i:06d}_rgb_anon.png",
+            fixture_rgb(ids),
+        )
+    return data_dir

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -84,3 +85,26 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and str(tmp_path / "nodata") in errors[0] and "folder is missing" in errors[0]
+
+
+def test_sample_image_is_input_prediction_ground_truth_and_error_map():
+    from atp.data.labels import PALETTE
+    from atp.data.transforms import MEAN, STD
+    from atp.evaluate import sample_panel
+
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    img = torch.from_numpy(((rgb - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1).astype(np.float32))
+    label = np.zeros((4, 6), np.uint8)  # road
+    label[0, :] = 255  # void row
+    pred = np.zeros((4, 6), np.int64)
+    pred[1, 1], pred[2, 3], pred[0, 0] = 13, 2, 5  # two wrong pixels; the one on the void row is not an error
+    panel = sample_panel(img, pred, label)
+    assert panel.shape == (4, 24, 3)
+    inp, prediction, truth, errors = (panel[:, 6 * k : 6 * (k + 1)] for k in range(4))
+    assert (inp == (200, 100, 50)).all()  # the model input, un-normalised
+    assert tuple(prediction[1, 1]) == PALETTE[13] and tuple(prediction[3, 3]) == PALETTE[0]
+    assert tuple(truth[2, 2]) == PALETTE[0] and (truth[0] == 0).all()  # void drawn black
+    red = (errors == (255, 0, 0)).all(axis=-1)
+    assert np.argwhere(red).tolist() == [[1, 1], [2, 3]]
+    assert (errors[0] == 128).all() and (errors[3] == 0).all()  # void grey, right pixels black

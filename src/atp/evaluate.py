@@ -2,7 +2,9 @@
 
 Target-val mIoU and per-class IoU (19 classes; 16/13 for SYNTHIA) of any checkpoint format that
 ``atp.convert`` reads. Writes ``metrics.json``, ``per_class_iou.png``, ``confusion_matrix.png`` and
-colourised predictions into the output directory and prints a table.
+sample images (input | prediction | ground truth | error map) into the output directory and prints a
+table. With ``export=<cityscapes|acdc|darkzurich>`` it writes the benchmark-server submission of
+``export_split`` (default ``test``) instead (:mod:`atp.export`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from tqdm import tqdm
 from atp.atomic import atomic_write_json
 from atp.cli import hydra_entry
 from atp.data import build_datamodule
-from atp.data.config import find_conf_dir
+from atp.data.config import find_conf_dir, instantiate_entry
 from atp.data.io import write_png_atomic
-from atp.data.labels import CLASS_NAMES, PALETTE, colourise
+from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
+from atp.data.transforms import MEAN, STD
+from atp.errors import UserError
+from atp.export import check_dataset_fits, export_predictions, server_format
 from atp.inference import acdc_class_prior_weights, segment_probs
 from atp.metrics import SegMetric
 from atp.models.weights import load_segmentor, read_checkpoint
@@ -71,18 +76,69 @@ def plot_confusion(confmat: torch.Tensor, names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+#: Error-map colours: wrong pixels red, right pixels black, pixels without ground truth grey.
+ERROR_RGB, RIGHT_RGB, IGNORED_RGB = (255, 0, 0), (0, 0, 0), (128, 128, 128)
+
+
+def model_input_rgb(img: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The normalised ``(3, h, w)`` model input back as uint8 RGB, resized (bilinear) to ``size`` = (H, W)."""
+    import cv2
+
+    mean = torch.tensor(MEAN, dtype=img.dtype).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=img.dtype).view(3, 1, 1)
+    rgb = (img.cpu() * std + mean).clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+    if rgb.shape[:2] != tuple(size):
+        rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return rgb
+
+
+def error_map(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """RGB map of where ``pred`` disagrees with ``label`` (red), agrees (black), or has no ground truth (grey)."""
+    out = np.empty((*label.shape, 3), np.uint8)
+    out[:] = RIGHT_RGB
+    out[(pred != label) & (label != IGNORE_INDEX)] = ERROR_RGB
+    out[label == IGNORE_INDEX] = IGNORED_RGB
+    return out
+
+
+def sample_panel(img: torch.Tensor, pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """input | prediction | ground truth | error map, side by side at the label's size."""
+    return np.concatenate(
+        [model_input_rgb(img, label.shape), colourise(pred), colourise(label), error_map(pred, label)], axis=1
+    )
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` = CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """``cfg.model`` with the ``cfg.weights`` weights of ``cfg.ckpt``, in eval mode on ``device``."""
+    ckpt = Path(str(cfg.ckpt)).expanduser()
+    state = read_checkpoint(ckpt, which=cfg.weights, trust=cfg.trust_checkpoints)
+    model = instantiate(cfg.model)
+    load_segmentor(model, state, source=str(ckpt))
+    return model.eval().to(device)
+
+
+def segment_options(cfg: DictConfig) -> dict:
+    """:func:`atp.inference.segment_probs` options of ``cfg.eval`` (shared by scoring and export)."""
+    prior = acdc_class_prior_weights() if cfg.eval.acdc_class_prior else None
+    return {"mode": cfg.eval.mode, "crop_size": cfg.eval.crop_size, "stride": cfg.eval.stride,
+            "flip": cfg.eval.flip, "class_prior": prior}
+
+
 def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     """Run the evaluation described by ``cfg`` and write its artefacts into ``out_dir``.
 
     ``progress=False`` hides the per-batch bar (callers that print their own progress).
     """
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = select_device(cfg.device)
     ckpt = Path(str(cfg.ckpt)).expanduser()
-    state = read_checkpoint(ckpt, which=cfg.weights, trust=cfg.trust_checkpoints)
-    model = instantiate(cfg.model)
-    load_segmentor(model, state, source=str(ckpt))
-    model.eval().to(device)
+    model = load_model(cfg, device)
 
     datamodule = build_datamodule(cfg.dataset, mode="target", **OmegaConf.to_container(cfg.data, resolve=True))
     datamodule.setup("validate")
@@ -90,7 +146,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     num_classes = int(cfg.dataset.num_classes)
     names = list(CLASS_NAMES[:num_classes])
     metric = SegMetric(num_classes, subsets=tuple(cfg.dataset.class_subsets), class_names=names, validate_args=False)
-    prior = acdc_class_prior_weights() if cfg.eval.acdc_class_prior else None
+    options = segment_options(cfg)
     vis_dir = out_dir / "predictions"
     vis_dir.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -99,17 +155,15 @@ def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
             if cfg.limit_batches is not None and index >= cfg.limit_batches:
                 break
             label = batch["label"].to(device).long()  # loaders deliver uint8 labels; the metric takes int64
-            probs = segment_probs(model, batch["img"].to(device), label.shape[-2:], mode=cfg.eval.mode,
-                                  crop_size=cfg.eval.crop_size, stride=cfg.eval.stride, flip=cfg.eval.flip,
-                                  class_prior=prior)
+            probs = segment_probs(model, batch["img"].to(device), label.shape[-2:], **options)
             pred = probs.argmax(dim=1)
             metric.update(pred, label)
             for b in range(pred.shape[0]):
                 if written >= cfg.num_vis:
                     break
                 name = Path(str(batch["name"][b])).stem
-                pair = np.concatenate([colourise(pred[b].cpu().numpy()), colourise(label[b].cpu().numpy())], axis=1)
-                write_png_atomic(vis_dir / f"{name}_pred_gt.png", pair)
+                panel = sample_panel(batch["img"][b], pred[b].cpu().numpy(), label[b].cpu().numpy())
+                write_png_atomic(vis_dir / f"{name}_input_pred_gt_error.png", panel)
                 written += 1
 
     matrix = metric.confmat.cpu()
@@ -127,6 +181,37 @@ def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     plot_per_class(ious, names, out_dir / "per_class_iou.png", f"{cfg.dataset.name}: mIoU {result['mIoU']['all19']:.2f}")
     plot_confusion(matrix, names, out_dir / "confusion_matrix.png")
     return result
+
+
+def export(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Write the ``cfg.export`` benchmark-server submission of the ``cfg.export_split`` target split.
+
+    The split's images come from the dataset config's ``target_<split>`` entry (``target_test``,
+    or ``target_val`` to check the round trip against :func:`evaluate`), read without labels.
+    """
+    fmt = server_format(str(cfg.export))
+    split = str(cfg.export_split)
+    role = f"target_{split}"
+    name = str(cfg.dataset.name)
+    if role not in cfg.dataset:
+        raise UserError(
+            f"dataset={name} has no {role!r} entry to export (conf/dataset/{name}.yaml); add one like "
+            "conf/dataset/gta2cs.yaml's target_test, or choose export_split=val"
+        )
+    dataset = instantiate_entry(cfg.dataset, role, labelled=False, pipeline="eval")
+    check_dataset_fits(fmt, dataset, name)
+    len(dataset)  # index now: a missing folder is one line before the model is loaded
+    device = select_device(cfg.device)
+    model = load_model(cfg, device)
+    summary = export_predictions(
+        model, dataset, fmt, out_dir, f"{name}_{split}_{fmt.name}.zip", segment_options(cfg), device,
+        batch_size=int(cfg.data.val_batch_size), num_workers=int(cfg.data.num_workers),
+        limit_batches=cfg.limit_batches, progress=progress,
+    )
+    summary.update(ckpt=str(Path(str(cfg.ckpt)).expanduser()), weights=cfg.weights, dataset=name, split=split,
+                   eval=OmegaConf.to_container(cfg.eval, resolve=True))
+    atomic_write_json(out_dir / "export.json", summary)
+    return summary
 
 
 def evaluate_checkpoint(ckpt: str | Path, out_dir: str | Path, train_cfg: DictConfig, weights: str = "student",
@@ -174,6 +259,11 @@ def print_table(result: dict) -> None:
 @hydra_entry("evaluate")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.output_dir)
+    if cfg.export is not None:
+        summary = export(cfg, out_dir)
+        print(f"wrote {summary['images']} {cfg.export_split} predictions for the {summary['server']} server to "
+              f"{summary['files']}\nupload {summary['zip']} (rules: {summary['rules']})")
+        return
     result = evaluate(cfg, out_dir)  # errors the user can fix are one line (atp.cli.hydra_entry)
     print_table(result)
     print(f"\nwrote {out_dir}/metrics.json, per_class_iou.png, confusion_matrix.png, predictions/")

@@ -427,10 +427,11 @@ class SynthiaDataset(FlatFolderDataset):
 
 class CityscapesDataset(SegmentationDataset):
     """Cityscapes: ``leftImg8bit/<split>/<city>/<base>_leftImg8bit.png`` +
-    ``gtFine/<split>/<city>/<base>_gtFine_labelTrainIds.png`` (else ``_gtFine_labelIds.png``)."""
+    ``gtFine/<split>/<city>/<base>_gtFine_labelTrainIds.png`` (else ``_gtFine_labelIds.png``).
+    ``split=test`` (1,525 images, labels not public) is read unlabelled for the benchmark server."""
 
     display_name = "Cityscapes"
-    published_counts = {"train": 2975, "val": 500}
+    published_counts = {"train": 2975, "val": 500, "test": 1525}
     download_hint = "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip (cityscapes-dataset.com) into {root}"
 
     image_suffix = "_leftImg8bit.png"
@@ -492,7 +493,8 @@ class ConditionDataset(SegmentationDataset):
 
 class ACDCDataset(ConditionDataset):
     """ACDC: ``rgb_anon/<cond>/<split>/<seq>/<base>_rgb_anon.png`` +
-    ``gt/<cond>/<split>/<seq>/<base>_gt_labelTrainIds.png``, one or several conditions."""
+    ``gt/<cond>/<split>/<seq>/<base>_gt_labelTrainIds.png``, one or several conditions
+    (``split=test``: 500 images per condition, no public labels)."""
 
     display_name = "ACDC"
     download_hint = (
@@ -504,18 +506,21 @@ class ACDCDataset(ConditionDataset):
     counts_per_condition = {
         "train": {"fog": 400, "night": 400, "rain": 400, "snow": 400},
         "val": {"fog": 100, "night": 106, "rain": 100, "snow": 100},
+        "test": {"fog": 500, "night": 500, "rain": 500, "snow": 500},
     }
 
 
 class DarkZurichDataset(ConditionDataset):
     """Dark Zurich (night): ``rgb_anon/<split>/night/<seq>/<base>_rgb_anon.png`` +
-    ``gt/val/night/<seq>/<base>_gt_labelTrainIds.png`` (labels exist for val only)."""
+    ``gt/val/night/<seq>/<base>_gt_labelTrainIds.png`` (labels exist for val only;
+    ``split=test``: 151 images in ``rgb_anon/test/night/<seq>/``)."""
 
     display_name = "Dark Zurich"
     download_hint = (
-        "download Dark_Zurich_train_anon.zip and Dark_Zurich_val_anon.zip (trace.ethz.ch) into {root}"
+        "download Dark_Zurich_train_anon.zip, Dark_Zurich_val_anon.zip (and Dark_Zurich_test_anon.zip for the "
+        "benchmark server) (trace.ethz.ch) into {root}"
     )
     CONDITIONS = ("night",)
     image_pattern = "rgb_anon/{split}/{condition}"
     label_pattern = "gt/{split}/{condition}"
-    counts_per_condition = {"train": {"night": 2416}, "val": {"night": 50}}
+    counts_per_condition = {"train": {"night": 2416}, "val": {"night": 50}, "test": {"night": 151}}
