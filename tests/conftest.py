@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 
@@ -49,3 +50,13 @@ def data_toy_root(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("data_toy")
     generate_toy(data_dir / "toy", n_source=12, n_target=8, n_val=4, seed=0, size=(64, 32))
     return data_dir
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a test module: two OpenMP threads on a shared 2-core machine are far slower
+    when it is busy (use with ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -28,12 +28,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
 TOY_SCALE = (128, 64)  # [long, short] for the tests: the 64×32 toy images are upscaled ×2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def compose_predict(*overrides: str):

@@ -45,13 +45,7 @@ FIXTURES = _fixtures_dir()
 needs_manifests = pytest.mark.skipif(FIXTURES is None, reason="checkpoint manifests not found (set ATP_FIXTURES)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread: two OpenMP threads on a shared 2-core machine are far slower when it is busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -28,12 +28,7 @@ TOLERANCE = 1e-4  # max abs difference of the four feature maps, fp32
 pytestmark = pytest.mark.filterwarnings("ignore:.*not transferable:UserWarning")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
