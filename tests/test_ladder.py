@@ -14,8 +14,8 @@ from atp.ladder.tables import summarise_family
 from tests.stage_helpers import CONF_DIR, TINY
 
 SEEDS = (76, 1)
-STAGES = ("source", "teach")  # teach: a stage whose EMA teacher is reported
-STEP_DIRS = {"source": "0_source", "teach": "1_teach", "oracle": "oracle"}
+STAGES = ("source", "align", "teach")  # teach: a stage whose EMA teacher is reported (its predecessor is align)
+STEP_DIRS = {"source": "0_source", "align": "1_align", "teach": "2_teach", "oracle": "oracle"}
 
 
 def _tiny(data_dir: Path, out: Path) -> list[str]:
@@ -33,7 +33,7 @@ def _miou(out: Path, seed: int, step: str, folder: str = "eval") -> float:
 
 @pytest.fixture(scope="module")
 def ladder_run(data_toy_root, tmp_path_factory):
-    """One finished 1-family × 2-seed ladder (source → teach + oracle) and its console output."""
+    """One finished 1-family × 2-seed ladder (source → align → teach + oracle) and its console output."""
     import contextlib
     import io
 
@@ -51,10 +51,10 @@ def test_ladder_writes_mean_and_std_over_seeds_of_every_stage(ladder_run):
     out, _, code, console = ladder_run
     assert code == 0, console
     assert [line.split()[5:7] for line in console.splitlines() if " done " in line] == [
-        ["source", "done"], ["teach", "done"], ["oracle", "done"]] * 2
+        ["source", "done"], ["align", "done"], ["teach", "done"], ["oracle", "done"]] * 2
     table = json.loads((out / "ladder.json").read_text())["tables"]["toy"]
     rows = {row["stage"]: row for row in table["rows"]}
-    assert list(rows) == ["source", "teach", "oracle"]
+    assert list(rows) == ["source", "align", "teach", "oracle"]
     markdown = (out / "ladder.md").read_text()
     for stage in rows:
         a, b = (_miou(out, seed, stage) for seed in SEEDS)
@@ -89,8 +89,8 @@ def test_ladder_oracle_trains_on_target_labels_and_never_feeds_a_stage(ladder_ru
                                     resolve=True)
     assert source["_target_"].endswith("CityscapesDataset") and source["split"] == "train"
     assert source["root"] == "D/toy/cityscapes"
-    teach = json.loads((seed_dir / "1_teach" / "manifest.json").read_text())
-    assert teach["init_from"] == str((seed_dir / "0_source" / "checkpoints" / "final.ckpt").resolve())
+    align = json.loads((seed_dir / "1_align" / "manifest.json").read_text())
+    assert align["init_from"] == str((seed_dir / "0_source" / "checkpoints" / "final.ckpt").resolve())
 
 
 @pytest.mark.slow
