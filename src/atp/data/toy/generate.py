@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from atp.data.io import write_png_atomic
+from atp.data.io import encode_png
 from atp.data.labels import LABEL_ID_PALETTE
 from atp.data.toy.layout import draw_layout
 from atp.data.toy.render import render_source
@@ -57,11 +57,16 @@ def _parse_size(size: str | Sequence[int]) -> tuple[int, int]:
 
 
 def _write_one(job: tuple[Path, int, str, int, tuple[int, int], str, str, str]) -> None:
+    """Render one sample and write its two PNGs. ``out`` is the private temporary tree that
+    :func:`generate_toy` renames into place whole, so plain writes suffice: no per-file temp file,
+    fsync and rename (:func:`atp.data.io.write_png_atomic`)."""
     out, seed, domain, index, size, shift, image_rel, label_rel = job
     rgb, ids = render_scene(seed, domain, index, size, shift)
-    write_png_atomic(out / image_rel, rgb)
     palette = LABEL_ID_PALETTE if domain == "source" else None
-    write_png_atomic(out / label_rel, ids, palette=palette)
+    for rel, array, pal in ((image_rel, rgb, None), (label_rel, ids, palette)):
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_png(array, pal))
 
 
 def _jobs(out: Path, seed: int, n_source: int, n_target: int, n_val: int, size: tuple[int, int], shift: str):
