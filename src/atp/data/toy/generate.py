@@ -29,6 +29,13 @@ TRAIN_CITIES = ("northville", "southport")
 VAL_CITIES = ("midtown",)
 
 
+def scene_rngs(seed: int, domain: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """``(layout rng, look rng)`` of sample ``(seed, domain, index)``: what :func:`render_scene` draws
+    the scene's layout and its look from (``domain``: ``source``, ``target`` or ``target_val``)."""
+    code = {"source": 1, "target": 2, "target_val": 3}[domain]
+    return np.random.default_rng([seed, code, index, 0]), np.random.default_rng([seed, code, index, 1])
+
+
 def render_scene(
     seed: int, domain: str, index: int, size: Sequence[int] = (256, 128), shift: str = DEFAULT_SHIFT
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -39,11 +46,9 @@ def render_scene(
     it). The label map depends on ``(seed, domain, index, size)`` only, never on ``shift``.
     ``size`` is ``(width, height)``.
     """
-    code = {"source": 1, "target": 2, "target_val": 3}[domain]
+    layout_rng, look_rng = scene_rngs(seed, domain, index)
     check_shift(shift)
     width, height = int(size[0]), int(size[1])
-    layout_rng = np.random.default_rng([seed, code, index, 0])
-    look_rng = np.random.default_rng([seed, code, index, 1])
     scene = draw_layout(layout_rng, height, width)
     rgb = render_source(look_rng, scene) if domain == "source" else render_target(look_rng, scene, shift)
     return rgb, scene.ids.copy()
