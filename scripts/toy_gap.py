@@ -26,6 +26,7 @@ from PIL import Image
 
 from atp.data.labels import CITYSCAPES_LUT, IGNORE_INDEX
 from atp.data.toy import DEFAULT_SHIFT, SHIFTS, render_scene
+from atp.data.toy.generate import scene_rngs
 from atp.data.toy.layout import draw_layout
 from atp.data.toy.render import render_source
 from atp.data.toy.shifts import render_target
@@ -63,9 +64,9 @@ def write_strip(path: Path, seed: int = 0, indices: tuple[int, ...] = (0, 1)) ->
     rows = []
     for index in indices:
         looks = []
+        scene = draw_layout(scene_rngs(seed, "target_val", index)[0], 128, 256)  # renders leave it unchanged
         for shift in (None, *SHIFTS):
-            scene = draw_layout(np.random.default_rng([seed, 3, index, 0]), 128, 256)  # as render_scene
-            rng = np.random.default_rng([seed, 3, index, 1])
+            rng = scene_rngs(seed, "target_val", index)[1]  # each look from the rng render_scene gives it
             looks.append(render_source(rng, scene) if shift is None else render_target(rng, scene, shift))
         rows.append(np.concatenate([np.pad(rgb, ((2, 2), (2, 2), (0, 0)), constant_values=255) for rgb in looks], 1))
     strip = np.concatenate(rows, 0)

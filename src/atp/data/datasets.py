@@ -231,8 +231,8 @@ class SegmentationDataset(Dataset, ABC):
             problem = f"no {self.display_name} images found for split {self.split!r}"
             return LayoutReport([], [DatasetLayoutError(self.image_dirs()[0], problem, fetch)])
         if self._wanted_names is not None:
-            by_name = {s.name: s for s in samples}
-            unknown = [n for n in self._wanted_names if n not in by_name]
+            known = {s.name for s in samples}
+            unknown = [n for n in self._wanted_names if n not in known]
             if unknown:
                 problem = (
                     f"{len(unknown)} listed names are not {self.display_name} {self.split} images, "

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from atp.data.io import write_png_atomic
+from atp.data.io import encode_png
 from atp.data.labels import LABEL_ID_PALETTE
 from atp.data.toy.layout import draw_layout
 from atp.data.toy.render import render_source
@@ -29,6 +29,13 @@ TRAIN_CITIES = ("northville", "southport")
 VAL_CITIES = ("midtown",)
 
 
+def scene_rngs(seed: int, domain: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """``(layout rng, look rng)`` of sample ``(seed, domain, index)``: what :func:`render_scene` draws
+    the scene's layout and its look from (``domain``: ``source``, ``target`` or ``target_val``)."""
+    code = {"source": 1, "target": 2, "target_val": 3}[domain]
+    return np.random.default_rng([seed, code, index, 0]), np.random.default_rng([seed, code, index, 1])
+
+
 def render_scene(
     seed: int, domain: str, index: int, size: Sequence[int] = (256, 128), shift: str = DEFAULT_SHIFT
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -39,11 +46,9 @@ def render_scene(
     it). The label map depends on ``(seed, domain, index, size)`` only, never on ``shift``.
     ``size`` is ``(width, height)``.
     """
-    code = {"source": 1, "target": 2, "target_val": 3}[domain]
+    layout_rng, look_rng = scene_rngs(seed, domain, index)
     check_shift(shift)
     width, height = int(size[0]), int(size[1])
-    layout_rng = np.random.default_rng([seed, code, index, 0])
-    look_rng = np.random.default_rng([seed, code, index, 1])
     scene = draw_layout(layout_rng, height, width)
     rgb = render_source(look_rng, scene) if domain == "source" else render_target(look_rng, scene, shift)
     return rgb, scene.ids.copy()
@@ -57,11 +62,16 @@ def _parse_size(size: str | Sequence[int]) -> tuple[int, int]:
 
 
 def _write_one(job: tuple[Path, int, str, int, tuple[int, int], str, str, str]) -> None:
+    """Render one sample and write its two PNGs. ``out`` is the private temporary tree that
+    :func:`generate_toy` renames into place whole, so plain writes suffice: no per-file temp file,
+    fsync and rename (:func:`atp.data.io.write_png_atomic`)."""
     out, seed, domain, index, size, shift, image_rel, label_rel = job
     rgb, ids = render_scene(seed, domain, index, size, shift)
-    write_png_atomic(out / image_rel, rgb)
     palette = LABEL_ID_PALETTE if domain == "source" else None
-    write_png_atomic(out / label_rel, ids, palette=palette)
+    for rel, array, pal in ((image_rel, rgb, None), (label_rel, ids, palette)):
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_png(array, pal))
 
 
 def _jobs(out: Path, seed: int, n_source: int, n_target: int, n_val: int, size: tuple[int, int], shift: str):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from atp.data.toy.render import camera, paint, smooth_noise
-from atp.data.toy.scene import M_BODY, M_LAMP, M_SKY, M_WINDOW, Scene
+from atp.data.toy.scene import M_BODY, M_LAMP, M_SKY, M_WINDOW, Grid, Scene
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,15 @@ NIGHT_LOOK = NightLook()
 def _vehicle_lights(rng: np.random.Generator, scene: Scene, chance: float) -> tuple[np.ndarray, np.ndarray]:
     """Masks of head- and tail-lights: a pair of round lamps low on each lit vehicle's body."""
     h, w = scene.height, scene.width
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    frame = Grid.frame(h, w)
+    yy, xx = frame.yy, frame.xx
     head = np.zeros((h, w), bool)
     tail = np.zeros((h, w), bool)
     for k, material in enumerate(scene.instance_material):
         if material != M_BODY:
             continue
-        ys, xs = np.nonzero(scene.instance == k)
+        body = scene.instance == k
+        ys, xs = np.nonzero(body)
         lit, is_head = rng.random() < chance, rng.random() < 0.5
         if not lit or len(ys) < 4:
             continue
@@ -57,7 +59,7 @@ def _vehicle_lights(rng: np.random.Generator, scene: Scene, chance: float) -> tu
         lamps = np.zeros((h, w), bool)
         for cx in (x0 + 0.12 * (x1 - x0), x1 - 0.12 * (x1 - x0)):
             lamps |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
-        lamps &= scene.instance == k
+        lamps &= body
         (head if is_head else tail)[lamps] = True
     return head, tail
 

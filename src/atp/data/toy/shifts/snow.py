@@ -29,6 +29,7 @@ from atp.data.toy.scene import (
     M_VEG,
     M_VOID,
     M_WALL,
+    Grid,
     Scene,
 )
 
@@ -93,7 +94,8 @@ def _ruts(rng: np.random.Generator, road: np.ndarray) -> np.ndarray:
     rows = np.nonzero(road.any(axis=1))[0]
     top = rows[0] if len(rows) else h // 2
     vx = np.nonzero(road[top])[0].mean() if len(rows) else w / 2
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    frame = Grid.frame(h, w)
+    yy, xx = frame.yy, frame.xx
     across = (xx - vx) / np.maximum(yy - top, 1.0) * (h - top) / w  # constant along a road line
     knots = rng.standard_normal(64).astype(np.float32)
     along = np.interp(across, np.linspace(-1.6, 1.6, len(knots)), knots)
