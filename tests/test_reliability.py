@@ -264,3 +264,18 @@ def test_malicious_pickle_is_refused_by_reader_and_by_train(data_toy_root, tmp_p
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(errors) == 1 and str(evil) in errors[0] and "Traceback" not in proc.stderr
     assert not marker.exists()
+
+
+def test_a_split_rank_split_cannot_write_is_a_user_error(tmp_path):
+    """write_split's UserError (here: ⌊0.3·2⌋ = 0 easy images) reaches the entry point as one, not a traceback."""
+    from torch.utils.data import DataLoader
+
+    from atp.run.split import rank_split
+
+    class Flat(torch.nn.Module):
+        def forward(self, img):
+            return img.new_zeros(img.shape[0], 19, 8, 8)
+
+    images = [{"img": torch.zeros(3, 8, 8), "name": f"im{i}"} for i in range(2)]
+    with pytest.raises(UserError, match="leaves one side empty"):
+        rank_split(Flat(), DataLoader(images, batch_size=1), tmp_path / "split", easy_ratio=0.3)

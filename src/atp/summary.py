@@ -61,6 +61,14 @@ def _order(key: tuple[str, str, str]) -> tuple:
     return dataset, model, stage_depth(stage), stage
 
 
+def by_stage(manifests: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """The manifests grouped by (dataset, model, stage), groups in table order (stages by registry depth)."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for m in manifests:
+        groups.setdefault(_group_key(m), []).append(m)
+    return {key: groups[key] for key in sorted(groups, key=_order)}
+
+
 def per_seed(manifests: list[dict]) -> dict[int, dict]:
     """One complete run per seed (the newest finished one), seeds in ascending order."""
     chosen: dict[int, dict] = {}
@@ -75,12 +83,9 @@ def per_seed(manifests: list[dict]) -> dict[int, dict]:
 
 def aggregate(manifests: list[dict]) -> list[dict]:
     """Per (dataset, model, stage): ``final`` and ``best_of_run`` as ``{mean, std, n}`` over seeds, and the seeds."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for m in manifests:
-        groups.setdefault(_group_key(m), []).append(m)
     rows = []
-    for key in sorted(groups, key=_order):
-        runs = per_seed(groups[key])
+    for key, group in by_stage(manifests).items():
+        runs = per_seed(group)
         bests = [b["value"] for b in map(best_of_run, runs.values()) if b is not None]
         rows.append({
             "dataset": key[0], "model": key[1], "stage": key[2], "weights": WEIGHTS, "checkpoint": CHECKPOINT,
@@ -149,15 +154,13 @@ def plot_history(manifests: list[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for m in manifests:
-        groups.setdefault(_group_key(m), []).append(m)
+    groups = by_stage(manifests)
     families = {key[:2] for key in groups}
     fig, ax = plt.subplots(figsize=(8, 4))
     offsets: dict[tuple[str, str], int] = {}
     drew = False
-    for key in sorted(groups, key=_order):
-        runs = list(per_seed(groups[key]).values()) or groups[key]
+    for key, group in groups.items():
+        runs = list(per_seed(group).values()) or group
         points = history_spread(runs)
         if not points:
             continue

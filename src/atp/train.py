@@ -24,7 +24,7 @@ from atp.run.distributed import on_main_process
 from atp.run.init_weights import STAGE_DEFAULT
 from atp.stages import check_stage_options, default_chain, get_stage
 from atp.stages.registry import CHAIN
-from atp.summary import write_summary
+from atp.summary import METRIC, write_summary
 
 log = logging.getLogger("atp.train")
 
@@ -148,7 +148,7 @@ def main(cfg: DictConfig) -> None:
     if sweep_dir is not None:
         on_main_process(write_summary, sweep_dir)
     metrics = manifest.get("metrics", {})
-    log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get("mIoU/all19", float("nan")),
+    log.info("stage=%s finished: target-val mIoU %.2f → %s", cfg.stage.name, metrics.get(METRIC, float("nan")),
              run_dir)
 
 

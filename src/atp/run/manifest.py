@@ -13,7 +13,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from atp import pipeline
 from atp.run.init_weights import model_name
-from atp.run.signals import RequeueSignal
+from atp.run.signals import received_requeue
 
 
 def start_manifest(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, key: str, init_path: Path | None,
@@ -69,7 +69,7 @@ class ManifestCallback(Callback):
         """A stopped stage says why instead of ``running``: ``interrupted`` (SIGTERM, the requeue signal,
         Ctrl-C) or ``failed`` (any crash, divergence included), with the step it stopped at."""
         interrupted = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
-        requeue = next((c for c in trainer.callbacks if isinstance(c, RequeueSignal) and c.received), None)
+        requeue = received_requeue(trainer.callbacks)
         stopped_by = requeue.name if requeue else "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
         mark_failed(self.manifest, trainer.global_step, None if interrupted else exception, stopped_by)
         if trainer.is_global_zero:

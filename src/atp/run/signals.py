@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class SigtermCheckpoint(Callback):
             return
         checkpoint = dump_trainer_state(trainer)
         trainer.strategy.save_checkpoint(checkpoint, self.path)
-        requeue = next((c for c in trainer.callbacks if isinstance(c, RequeueSignal) and c.received), None)
+        requeue = received_requeue(trainer.callbacks)
         log.warning("%s: saved step %d to %s", requeue.name if requeue else "SIGTERM", trainer.global_step, self.path)
 
 
@@ -118,3 +119,8 @@ class RequeueSignal(Callback):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "previous": None, "_installed": False}  # handlers belong to this process
+
+
+def received_requeue(callbacks: Iterable[Callback]) -> RequeueSignal | None:
+    """The requeue-signal callback that received its signal (what stopped the stage), if any."""
+    return next((c for c in callbacks if isinstance(c, RequeueSignal) and c.received), None)

@@ -69,7 +69,7 @@ def rank_split(
     if rank == 0:
         try:
             _write_ranked(names, scores, out_dir, easy_ratio)
-        except RuntimeError as err:
+        except UserError as err:  # every rank raises it, none waits at the barrier
             failure = str(err)
     if world > 1:
         status = [failure]
@@ -77,7 +77,7 @@ def rank_split(
         failure = status[0]
         dist.barrier()
     if failure:
-        raise RuntimeError(failure)
+        raise UserError(failure)
     return out_dir
 
 
