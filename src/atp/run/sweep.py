@@ -2,7 +2,9 @@
 
 A Hydra callback (``hydra.callbacks.sweep_summary`` in ``conf/train.yaml``): ``on_multirun_end`` runs once,
 in the process that launched the sweep, after all jobs — also when a launcher ran them elsewhere (SLURM
-jobs of ``stage=chain``, whose own summaries only cover their job dir), so nothing races on the file.
+jobs of ``stage=chain``, whose own summaries only cover their job dir). Single-stage jobs also rewrite the
+sweep's summary as each finishes (so a sweep stopped half-way still has one); parallel jobs may then
+overwrite each other's partial copy (each write is atomic), and this final write is the complete one.
 """
 
 from __future__ import annotations
