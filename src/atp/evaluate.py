@@ -30,7 +30,7 @@ from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
 from atp.data.transforms import MEAN, STD
 from atp.errors import UserError
 from atp.export import check_dataset_fits, export_predictions, server_format
-from atp.inference import acdc_class_prior_weights, segment_probs
+from atp.inference import acdc_class_prior_weights, resolve_device, segment_probs
 from atp.metrics import SegMetric
 from atp.models.weights import load_segmentor, read_checkpoint
 
@@ -108,13 +108,6 @@ def sample_panel(img: torch.Tensor, pred: np.ndarray, label: np.ndarray) -> np.n
     )
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` = CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     """``cfg.model`` with the ``cfg.weights`` weights of ``cfg.ckpt``, in eval mode on ``device``."""
     ckpt = Path(str(cfg.ckpt)).expanduser()
@@ -136,7 +129,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
 
     ``progress=False`` hides the per-batch bar (callers that print their own progress).
     """
-    device = select_device(cfg.device)
+    device = resolve_device(cfg.device)
     ckpt = Path(str(cfg.ckpt)).expanduser()
     model = load_model(cfg, device)
 
@@ -201,7 +194,7 @@ def export(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     dataset = instantiate_entry(cfg.dataset, role, labelled=False, pipeline="eval")
     check_dataset_fits(fmt, dataset, name)
     len(dataset)  # index now: a missing folder is one line before the model is loaded
-    device = select_device(cfg.device)
+    device = resolve_device(cfg.device)
     model = load_model(cfg, device)
     summary = export_predictions(
         model, dataset, fmt, out_dir, f"{name}_{split}_{fmt.name}.zip", segment_options(cfg), device,
