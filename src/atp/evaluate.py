@@ -28,11 +28,11 @@ from atp.data.config import find_conf_dir, instantiate_entry
 from atp.data.io import write_png_atomic
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
 from atp.data.transforms import MEAN, STD
-from atp.errors import UserError
+from atp.errors import CheckpointError, UserError
 from atp.export import check_dataset_fits, export_predictions, server_format
 from atp.inference import acdc_class_prior_weights, resolve_device, segment_probs
 from atp.metrics import SegMetric
-from atp.models.weights import load_segmentor, read_checkpoint
+from atp.models.weights import infer_segmentor_config, load_segmentor, read_checkpoint
 
 log = logging.getLogger("atp.evaluate")
 
@@ -109,16 +109,27 @@ def sample_panel(img: torch.Tensor, pred: np.ndarray, label: np.ndarray) -> np.n
 
 
 def load_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    """``cfg.model`` with the ``cfg.weights`` weights of ``cfg.ckpt``, in eval mode on ``device``."""
+    """``cfg.model`` with the ``cfg.weights`` weights of ``cfg.ckpt`` (strictly), in eval mode on ``device``.
+
+    A checkpoint that does not fit ``cfg.model`` is a :class:`CheckpointError` naming the network it holds.
+    """
     ckpt = Path(str(cfg.ckpt)).expanduser()
     state = read_checkpoint(ckpt, which=cfg.weights, trust=cfg.trust_checkpoints)
     model = instantiate(cfg.model)
-    load_segmentor(model, state, source=str(ckpt))
+    try:
+        load_segmentor(model, state, source=str(ckpt))
+    except CheckpointError as err:
+        try:
+            held = f" (it holds a {infer_segmentor_config(state)['encoder']} network)"
+        except CheckpointError:
+            held = ""
+        raise CheckpointError(f"{err}; choose the model= config the checkpoint was trained with{held}") from None
     return model.eval().to(device)
 
 
 def segment_options(cfg: DictConfig) -> dict:
-    """:func:`atp.inference.segment_probs` options of ``cfg.eval`` (shared by scoring and export)."""
+    """:func:`atp.inference.segment_probs` options of ``cfg.eval`` (shared by scoring, export and
+    :mod:`atp.predict`)."""
     prior = acdc_class_prior_weights() if cfg.eval.acdc_class_prior else None
     return {"mode": cfg.eval.mode, "crop_size": cfg.eval.crop_size, "stride": cfg.eval.stride,
             "flip": cfg.eval.flip, "class_prior": prior}
