@@ -110,9 +110,10 @@ class Predictor:
         return list(pred.to(torch.uint8).cpu().numpy())
 
 
-def overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float) -> np.ndarray:
-    """The Cityscapes colours of ``train_ids`` blended over the RGB ``image`` (``alpha`` = colour weight)."""
-    return cv2.addWeighted(colourise(train_ids), alpha, image, 1.0 - alpha, 0.0)
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """The class ``colours`` (:func:`atp.data.labels.colourise`) blended over the RGB ``image`` (``alpha`` = colour
+    weight)."""
+    return cv2.addWeighted(colours, alpha, image, 1.0 - alpha, 0.0)
 
 
 def same_size_batches(items: Iterator[tuple], batch_size: int) -> Iterator[list[tuple]]:
@@ -145,8 +146,9 @@ def predict_images(predictor: Predictor, paths: list[Path], root: Path, out_dir:
         for (path, image), train_ids in zip(batch, predictor([image for _, image in batch]), strict=True):
             stem = output_stem(out_dir, root, path)
             write_png_atomic(stem.with_name(f"{stem.name}_trainIds.png"), train_ids)
-            write_png_atomic(stem.with_name(f"{stem.name}_color.png"), colourise(train_ids))
-            write_png_atomic(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, train_ids, cfg.overlay_alpha))
+            colours = colourise(train_ids)
+            write_png_atomic(stem.with_name(f"{stem.name}_color.png"), colours)
+            write_png_atomic(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, colours, cfg.overlay_alpha))
             summary.images += 1
             progress.update()
 
@@ -185,7 +187,7 @@ def predict_video(predictor: Predictor, path: Path, root: Path, out_dir: Path, c
             for batch in same_size_batches(frames(), int(cfg.batch_size)):
                 rgb = [frame for (frame,) in batch]
                 for frame, train_ids in zip(rgb, predictor(rgb), strict=True):
-                    writer.write(cv2.cvtColor(overlay(frame, train_ids, cfg.overlay_alpha), cv2.COLOR_RGB2BGR))
+                    writer.write(cv2.cvtColor(overlay(frame, colourise(train_ids), cfg.overlay_alpha), cv2.COLOR_RGB2BGR))
                     written += 1
                 bar.update(len(rgb))
     finally:
