@@ -27,12 +27,12 @@ from atp.data import build_datamodule
 from atp.data.config import find_conf_dir, instantiate_entry
 from atp.data.io import write_png_atomic
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
-from atp.data.transforms import MEAN, STD
 from atp.errors import CheckpointError, UserError
 from atp.export import check_dataset_fits, export_predictions, server_format
 from atp.inference import acdc_class_prior_weights, resolve_device, segment_probs
 from atp.metrics import SegMetric
 from atp.models.weights import infer_segmentor_config, load_segmentor, read_checkpoint
+from atp.wandb_panels import image_tile
 
 log = logging.getLogger("atp.evaluate")
 
@@ -84,9 +84,7 @@ def model_input_rgb(img: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """The normalised ``(3, h, w)`` model input back as uint8 RGB, resized (bilinear) to ``size`` = (H, W)."""
     import cv2
 
-    mean = torch.tensor(MEAN, dtype=img.dtype).view(3, 1, 1)
-    std = torch.tensor(STD, dtype=img.dtype).view(3, 1, 1)
-    rgb = (img.cpu() * std + mean).clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+    rgb = image_tile(img)
     if rgb.shape[:2] != tuple(size):
         rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return rgb
