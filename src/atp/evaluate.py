@@ -27,12 +27,12 @@ from atp.data import build_datamodule
 from atp.data.config import find_conf_dir, instantiate_entry
 from atp.data.io import write_png_atomic
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
-from atp.data.transforms import MEAN, STD
-from atp.errors import UserError
+from atp.errors import CheckpointError, UserError
 from atp.export import check_dataset_fits, export_predictions, server_format
-from atp.inference import acdc_class_prior_weights, segment_probs
+from atp.inference import acdc_class_prior_weights, resolve_device, segment_probs
 from atp.metrics import SegMetric
-from atp.models.weights import load_segmentor, read_checkpoint
+from atp.models.weights import infer_segmentor_config, load_segmentor, read_checkpoint
+from atp.wandb_panels import image_tile
 
 log = logging.getLogger("atp.evaluate")
 
@@ -84,9 +84,7 @@ def model_input_rgb(img: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """The normalised ``(3, h, w)`` model input back as uint8 RGB, resized (bilinear) to ``size`` = (H, W)."""
     import cv2
 
-    mean = torch.tensor(MEAN, dtype=img.dtype).view(3, 1, 1)
-    std = torch.tensor(STD, dtype=img.dtype).view(3, 1, 1)
-    rgb = (img.cpu() * std + mean).clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
+    rgb = image_tile(img)
     if rgb.shape[:2] != tuple(size):
         rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return rgb
@@ -108,24 +106,28 @@ def sample_panel(img: torch.Tensor, pred: np.ndarray, label: np.ndarray) -> np.n
     )
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` = CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    """``cfg.model`` with the ``cfg.weights`` weights of ``cfg.ckpt``, in eval mode on ``device``."""
+    """``cfg.model`` with the ``cfg.weights`` weights of ``cfg.ckpt`` (strictly), in eval mode on ``device``.
+
+    A checkpoint that does not fit ``cfg.model`` is a :class:`CheckpointError` naming the network it holds.
+    """
     ckpt = Path(str(cfg.ckpt)).expanduser()
     state = read_checkpoint(ckpt, which=cfg.weights, trust=cfg.trust_checkpoints)
     model = instantiate(cfg.model)
-    load_segmentor(model, state, source=str(ckpt))
+    try:
+        load_segmentor(model, state, source=str(ckpt))
+    except CheckpointError as err:
+        try:
+            held = f" (it holds a {infer_segmentor_config(state)['encoder']} network)"
+        except CheckpointError:
+            held = ""
+        raise CheckpointError(f"{err}; choose the model= config the checkpoint was trained with{held}") from None
     return model.eval().to(device)
 
 
 def segment_options(cfg: DictConfig) -> dict:
-    """:func:`atp.inference.segment_probs` options of ``cfg.eval`` (shared by scoring and export)."""
+    """:func:`atp.inference.segment_probs` options of ``cfg.eval`` (shared by scoring, export and
+    :mod:`atp.predict`)."""
     prior = acdc_class_prior_weights() if cfg.eval.acdc_class_prior else None
     return {"mode": cfg.eval.mode, "crop_size": cfg.eval.crop_size, "stride": cfg.eval.stride,
             "flip": cfg.eval.flip, "class_prior": prior}
@@ -136,7 +138,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
 
     ``progress=False`` hides the per-batch bar (callers that print their own progress).
     """
-    device = select_device(cfg.device)
+    device = resolve_device(cfg.device)
     ckpt = Path(str(cfg.ckpt)).expanduser()
     model = load_model(cfg, device)
 
@@ -201,7 +203,7 @@ def export(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     dataset = instantiate_entry(cfg.dataset, role, labelled=False, pipeline="eval")
     check_dataset_fits(fmt, dataset, name)
     len(dataset)  # index now: a missing folder is one line before the model is loaded
-    device = select_device(cfg.device)
+    device = resolve_device(cfg.device)
     model = load_model(cfg, device)
     summary = export_predictions(
         model, dataset, fmt, out_dir, f"{name}_{split}_{fmt.name}.zip", segment_options(cfg), device,

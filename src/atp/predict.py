@@ -22,7 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -30,9 +29,9 @@ from atp.cli import hydra_entry
 from atp.data.io import read_image, write_png_atomic
 from atp.data.labels import colourise
 from atp.data.transforms import build_eval_transform
-from atp.errors import CheckpointError, UnreadableFileError, UserError
-from atp.inference import acdc_class_prior_weights, resolve_device, segment
-from atp.models.weights import infer_segmentor_config, load_segmentor, read_checkpoint
+from atp.errors import UnreadableFileError, UserError
+from atp.evaluate import load_model, segment_options
+from atp.inference import resolve_device, segment
 
 log = logging.getLogger("atp.predict")
 
@@ -95,13 +94,12 @@ def output_stem(out_dir: Path, root: Path, path: Path) -> Path:
 class Predictor:
     """A segmentor with the evaluation settings: RGB uint8 images of one size → train ids at that size."""
 
-    def __init__(self, model: torch.nn.Module, scale, eval_cfg, device: torch.device) -> None:
+    def __init__(self, model: torch.nn.Module, scale, options: dict, device: torch.device) -> None:
+        """``options``: :func:`atp.inference.segment` keyword arguments (:func:`atp.evaluate.segment_options`)."""
         self.model = model.eval().to(device)
         self.device = device
         self.transform = build_eval_transform(scale)
-        self.options = {"mode": eval_cfg.mode, "crop_size": eval_cfg.crop_size, "stride": eval_cfg.stride,
-                        "flip": bool(eval_cfg.flip),
-                        "class_prior": acdc_class_prior_weights() if eval_cfg.acdc_class_prior else None}
+        self.options = options
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -112,9 +110,10 @@ class Predictor:
         return list(pred.to(torch.uint8).cpu().numpy())
 
 
-def overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float) -> np.ndarray:
-    """The Cityscapes colours of ``train_ids`` blended over the RGB ``image`` (``alpha`` = colour weight)."""
-    return cv2.addWeighted(colourise(train_ids), alpha, image, 1.0 - alpha, 0.0)
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """The class ``colours`` (:func:`atp.data.labels.colourise`) blended over the RGB ``image`` (``alpha`` = colour
+    weight)."""
+    return cv2.addWeighted(colours, alpha, image, 1.0 - alpha, 0.0)
 
 
 def same_size_batches(items: Iterator[tuple], batch_size: int) -> Iterator[list[tuple]]:
@@ -147,8 +146,9 @@ def predict_images(predictor: Predictor, paths: list[Path], root: Path, out_dir:
         for (path, image), train_ids in zip(batch, predictor([image for _, image in batch]), strict=True):
             stem = output_stem(out_dir, root, path)
             write_png_atomic(stem.with_name(f"{stem.name}_trainIds.png"), train_ids)
-            write_png_atomic(stem.with_name(f"{stem.name}_color.png"), colourise(train_ids))
-            write_png_atomic(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, train_ids, cfg.overlay_alpha))
+            colours = colourise(train_ids)
+            write_png_atomic(stem.with_name(f"{stem.name}_color.png"), colours)
+            write_png_atomic(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, colours, cfg.overlay_alpha))
             summary.images += 1
             progress.update()
 
@@ -187,7 +187,7 @@ def predict_video(predictor: Predictor, path: Path, root: Path, out_dir: Path, c
             for batch in same_size_batches(frames(), int(cfg.batch_size)):
                 rgb = [frame for (frame,) in batch]
                 for frame, train_ids in zip(rgb, predictor(rgb), strict=True):
-                    writer.write(cv2.cvtColor(overlay(frame, train_ids, cfg.overlay_alpha), cv2.COLOR_RGB2BGR))
+                    writer.write(cv2.cvtColor(overlay(frame, colourise(train_ids), cfg.overlay_alpha), cv2.COLOR_RGB2BGR))
                     written += 1
                 bar.update(len(rgb))
     finally:
@@ -207,22 +207,6 @@ def skip(summary: PredictSummary, path: Path, reason: str) -> None:
 # ------------------------------------------------------------------------------------------------ run
 
 
-def load_model(cfg: DictConfig) -> torch.nn.Module:
-    """``cfg.model`` with the weights of ``cfg.ckpt`` (student or teacher), strictly."""
-    ckpt = Path(str(cfg.ckpt)).expanduser()
-    state = read_checkpoint(ckpt, which=cfg.weights, trust=cfg.trust_checkpoints)
-    model = instantiate(cfg.model)
-    try:
-        load_segmentor(model, state, source=str(ckpt))
-    except CheckpointError as err:
-        try:
-            held = f" (it holds a {infer_segmentor_config(state)['encoder']} network)"
-        except CheckpointError:
-            held = ""
-        raise CheckpointError(f"{err}; choose the model= config the checkpoint was trained with{held}") from None
-    return model
-
-
 def predict(cfg: DictConfig) -> PredictSummary:
     """Segment every input of ``cfg.input`` into ``cfg.out``; see the module docstring."""
     root, files = find_inputs(cfg.input)
@@ -231,7 +215,8 @@ def predict(cfg: DictConfig) -> PredictSummary:
     if not files:
         raise UserError(f"input={cfg.input}: only earlier predictions (under out={out_dir}) found")
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(load_model(cfg), cfg.scale, cfg.eval, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    predictor = Predictor(load_model(cfg, device), cfg.scale, segment_options(cfg), device)
     summary = PredictSummary()
     videos = [path for path in files if path.suffix.lower() in VIDEO_SUFFIXES]
     images = [path for path in files if path.suffix.lower() not in VIDEO_SUFFIXES]

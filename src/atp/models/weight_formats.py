@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from atp.errors import CheckpointError
 
-__all__ = ["HF_SEGFORMER", "SMP", "from_hf_segformer", "from_smp", "is_hf_segformer", "is_smp"]
+__all__ = ["HF_SEGFORMER", "MIT_KEY", "SMP", "from_hf_segformer", "from_smp", "is_hf_segformer", "is_smp", "top_level"]
 
 HF_SEGFORMER = "hf-segformer"
 SMP = "smp"
@@ -50,16 +50,18 @@ _HF_BLOCK_LAYERS = {
 _HF_REDUCTION_LAYERS = ("attention.self.sr", "attention.self.layer_norm")
 _HF_KV_LAYERS = ("attention.self.key", "attention.self.value")
 _SMP_TOP_LEVEL = {"encoder", "decoder", "segmentation_head", "classification_head"}
-_MIT_KEY = re.compile(r"^(patch_embed[1-4]|block[1-4]|norm[1-4])\.")
+#: A key of the official MiT (NVlabs ``mit_b*.pth``) encoder, also smp's encoder names.
+MIT_KEY = re.compile(r"^(patch_embed[1-4]|block[1-4]|norm[1-4])\.")
 
 
-def _top_level(state: Mapping[str, object]) -> set[str]:
+def top_level(state: Iterable[str]) -> set[str]:
+    """The first dotted component of every key."""
     return {key.split(".", 1)[0] for key in state}
 
 
 def is_hf_segformer(state: Mapping[str, object]) -> bool:
     """True for a ``transformers`` SegFormer state dict as ``save_pretrained`` writes it."""
-    prefixes = _top_level(state)
+    prefixes = top_level(state)
     if prefixes == {"encoder"}:
         return any(_HF_ENCODER_KEY.match(key) for key in state)
     return "segformer" in prefixes and prefixes <= _HF_TOP_LEVEL
@@ -67,7 +69,7 @@ def is_hf_segformer(state: Mapping[str, object]) -> bool:
 
 def is_smp(state: Mapping[str, object]) -> bool:
     """True for an smp model state dict (encoder plus an smp decoder/segmentation head)."""
-    prefixes = _top_level(state)
+    prefixes = top_level(state)
     return "encoder" in prefixes and prefixes <= _SMP_TOP_LEVEL and bool(prefixes & {"decoder", "segmentation_head"})
 
 
@@ -138,7 +140,7 @@ def from_hf_segformer(path: Path, state: Mapping[str, torch.Tensor]) -> dict[str
 def from_smp(path: Path, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``encoder.*`` of an smp model with a MiT encoder (the names are already atp's); heads dropped."""
     encoder = {key: value for key, value in state.items() if key.startswith("encoder.")}
-    foreign = [key for key in encoder if not _MIT_KEY.match(key.removeprefix("encoder."))]
+    foreign = [key for key in encoder if not MIT_KEY.match(key.removeprefix("encoder."))]
     if foreign:
         raise CheckpointError(f"{path}: segmentation-models-pytorch checkpoint whose encoder is not a MiT "
                               f"(mit_b0…mit_b5): unexpected key {foreign[0]}")

@@ -60,7 +60,6 @@ __all__ = [
 CONVERTED_FORMAT = "atp-segmentor"
 SEGMENTOR_PARTS = ("encoder", "decode_head", "proj_head")
 _MMSEG_TO_SEGMENTOR = {"backbone": "encoder", "decode_head": "decode_head", "auxiliary_head": "proj_head"}
-_MIT_KEY = re.compile(r"^(patch_embed[1-4]|block[1-4]|norm[1-4])\.")
 _ENCODER_BLOCK_KEY = re.compile(r"^encoder\.block([1-4])\.(\d+)\.")
 _LISTED_NAMES = 8  # how many key names an error message spells out per category
 
@@ -101,7 +100,7 @@ def open_checkpoint(path: str | os.PathLike, which: str = "student", trust: bool
     if isinstance(obj, Mapping) and obj.get("format") == CONVERTED_FORMAT:
         return _from_converted(path, obj, which)
     raw = _strip_module_prefix(_find_state_dict(path, obj))
-    prefixes = _top_level(raw)
+    prefixes = weight_formats.top_level(raw)
     if not raw:
         raise CheckpointError(f"{path}: the state dict is empty")
     if prefixes & {"student", "teacher"}:
@@ -117,7 +116,7 @@ def open_checkpoint(path: str | os.PathLike, which: str = "student", trust: bool
         fmt, state = "segmentor-state-dict", dict(raw)
     elif prefixes <= set(_MMSEG_TO_SEGMENTOR):
         fmt, state = "mmseg-segmentor", _rename_mmseg(path, raw)
-    elif all(_MIT_KEY.match(key) for key in raw if not key.startswith("head.")):
+    elif all(weight_formats.MIT_KEY.match(key) for key in raw if not key.startswith("head.")):
         fmt, state = "mit-imagenet", {f"encoder.{k}": v for k, v in raw.items() if not k.startswith("head.")}
     else:
         raise CheckpointError(
@@ -292,15 +291,11 @@ def _strip_module_prefix(state: Mapping) -> dict:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def _top_level(state: Iterable[str]) -> set[str]:
-    return {key.split(".", 1)[0] for key in state}
-
-
 def _take_prefix(path: Path, state: Mapping, prefix: str, which: str) -> dict:
     """Keys under ``prefix.`` with the prefix removed; an error if there are none."""
     taken = {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + ".")}
     if not taken:
-        found = _listing(sorted(_top_level(state)))
+        found = _listing(sorted(weight_formats.top_level(state)))
         raise CheckpointError(f"{path}: no {which} weights (no '{prefix}.' keys; top-level prefixes: {found})")
     return taken
 
@@ -308,13 +303,13 @@ def _take_prefix(path: Path, state: Mapping, prefix: str, which: str) -> dict:
 def _pick_lightning_role(path: Path, state: Mapping, which: str) -> dict:
     """``student.*`` or ``teacher.*`` (an ``EMATeacher`` adds ``model.``); other entries are ignored."""
     taken = _take_prefix(path, state, which, which)
-    if _top_level(taken) == {"model"}:
+    if weight_formats.top_level(taken) == {"model"}:
         taken = {key.removeprefix("model."): value for key, value in taken.items()}
     return taken
 
 
 def _rename_mmseg(path: Path, state: Mapping) -> dict:
-    unknown = _top_level(state) - set(_MMSEG_TO_SEGMENTOR)
+    unknown = weight_formats.top_level(state) - set(_MMSEG_TO_SEGMENTOR)
     if unknown:
         raise CheckpointError(f"{path}: unexpected mmseg prefixes {_listing(sorted(unknown))} "
                               f"(expected {', '.join(_MMSEG_TO_SEGMENTOR)})")
@@ -385,7 +380,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: 
     provided = dict(state_dict)
     if parts is not None:
         parts = (parts,) if isinstance(parts, str) else tuple(parts)
-        known = _top_level(expected)
+        known = weight_formats.top_level(expected)
         unknown = [part for part in parts if part not in known]
         if unknown:
             raise ValueError(f"the model has no part(s) {unknown}; it has {sorted(known)}")
@@ -411,7 +406,7 @@ def load_segmentor(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
     The ``required`` parts must be present (a segmentation model needs encoder and decoder); a part the
     model has but the checkpoint lacks (e.g. the projection head) keeps its initial weights.
     """
-    present = _top_level(state_dict)
+    present = weight_formats.top_level(state_dict)
     missing = [part for part in required if part not in present]
     if missing:
         raise CheckpointError(
@@ -508,7 +503,7 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     ``Segmentor`` it describes (only the parts it has: an ImageNet file is checked as an encoder).
     Returns the inferred ``build_segmentor`` arguments."""
     config = infer_segmentor_config(state_dict)
-    present = _top_level(state_dict)
+    present = weight_formats.top_level(state_dict)
     parts = tuple(part for part in SEGMENTOR_PARTS if part in present)
     expected = {key: shape for key, shape in _expected_shapes(_freeze(config)).items()
                 if key.split(".", 1)[0] in parts}
