@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from atp import pipeline
 from atp.data.config import find_conf_dir
 from atp.evaluate import evaluate_checkpoint
-from atp.ladder.plan import reports_teacher
+from atp.stages import get_stage
 from atp.summary import collect, write_summary
 
 CONF_DIR = find_conf_dir()
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_dir = Path(manifest["_dir"])
         result = evaluate_checkpoint(ckpt, stage_dir / "eval", train_cfg)
         teacher = None
-        if reports_teacher(manifest["stage"]):  # an EMA teacher worth reporting
+        if get_stage(manifest["stage"]).teaches_with_pseudo_labels:  # an EMA teacher worth reporting
             teacher = evaluate_checkpoint(ckpt, stage_dir / "eval_teacher", train_cfg, weights="teacher")["mIoU"]["all19"]
         rows.append((manifest["stage"], result["mIoU"]["all19"], result["pixel_acc"], teacher))
     write_summary(out)

@@ -85,12 +85,13 @@ def find_manifests(root: str | os.PathLike) -> list[dict]:
     return found
 
 
+def is_finished(manifest: Mapping) -> bool:
+    """A stage run that can be handed on: status complete and its final checkpoint on disk."""
+    return manifest.get("status") == "complete" and manifest_checkpoint(manifest).is_file()
+
+
 def _complete(manifests: Iterable[dict], stages: Sequence[str]) -> list[dict]:
-    ready = []
-    for manifest in manifests:
-        if manifest.get("stage") in stages and manifest.get("status") == "complete":
-            if manifest_checkpoint(manifest).is_file():
-                ready.append(manifest)
+    ready = [m for m in manifests if m.get("stage") in stages and is_finished(m)]
     return sorted(ready, key=lambda m: m.get("finished_at", 0), reverse=True)
 
 

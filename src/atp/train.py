@@ -97,7 +97,7 @@ def run_chain(cfg: DictConfig, job_dir: Path) -> list[dict]:
     finished: list[tuple[str, Path]] = []
     for stage, stage_dir, stage_cfg in compose_chain(cfg, job_dir):
         done = pipeline.read_manifest(stage_dir)
-        if done and done.get("status") == "complete" and pipeline.manifest_checkpoint(done).is_file():
+        if done and pipeline.is_finished(done):
             log.info("chain: %s already finished in %s, skipping", stage, stage_dir)
             manifests.append(done)
             finished.append((stage, pipeline.manifest_checkpoint(done)))

@@ -153,7 +153,7 @@ class WandbPanels(pl.Callback):
         probs = segment_probs(module.student, batch, size, **module.inference_options())
         entropy = normalized_entropy(probs.clamp_min(1e-12).log())[0]
         tiles = [image_tile(img), colourise(probs.argmax(dim=1)[0].cpu().numpy())]
-        if getattr(module, "teaches_with_pseudo_labels", False):
+        if module.teaches_with_pseudo_labels:
             labels, confidence, _ = pseudo_labels_from_logits(module.teacher(batch), size, module.conf_threshold)
             shade = torch.where(confidence[0] >= module.conf_threshold, 1.0, LOW_CONFIDENCE_DIM).cpu().numpy()
             tiles.append((colourise(labels[0].cpu().numpy()) * shade[..., None]).astype(np.uint8))

@@ -20,13 +20,13 @@ _TRAIN_LABELS = sorted(
 CLASS_NAMES: tuple[str, ...] = tuple(lb.name for lb in _TRAIN_LABELS)
 #: RGB colour per train id (for visualisation).
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(tuple(lb.color) for lb in _TRAIN_LABELS)
+_TRAIN_ID_PALETTE = np.zeros((256, 3), dtype=np.uint8)  # train id → colour; 255 and unused ids black
+_TRAIN_ID_PALETTE[: len(PALETTE)] = np.asarray(PALETTE, dtype=np.uint8)
 
 
 def colourise(labels: np.ndarray) -> np.ndarray:
     """Train ids (H, W) → RGB image with the Cityscapes palette (ignore = black)."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    palette[: len(PALETTE)] = np.asarray(PALETTE, dtype=np.uint8)
-    return palette[labels.astype(np.uint8)]
+    return _TRAIN_ID_PALETTE[labels.astype(np.uint8)]
 
 
 #: 256×3 uint8 colour table indexed by Cityscapes label id (the palette of GTA5's indexed label PNGs).

@@ -20,6 +20,7 @@ from atp.atomic import atomic_write_json, atomic_write_text
 from atp.errors import UserError
 from atp.ladder import plan, tables
 from atp.ladder.jobs import Progress, format_duration, run_job
+from atp.stages import STAGES, get_stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,13 +67,12 @@ def resolve_seeds(text: str) -> list[int]:
 
 def resolve_stages(text: str | None) -> list[str]:
     if text is None:
-        return plan.default_stages()
+        return list(plan.LADDER_STAGES)
     stages = _names(text, "--stages")
-    known = plan.registered_stages()
-    unknown = [s for s in stages if s not in known]
+    unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise UserError(f"ladder: --stages {','.join(unknown)}: not a registered stage; choose from "
-                        f"{', '.join(known)}")
+                        f"{', '.join(STAGES)}")
     return stages
 
 
@@ -88,12 +88,13 @@ def evaluate_step(step: plan.Step, train_cfg) -> dict:
     """Student (and, where reported, teacher) metrics of a finished step's final checkpoint; cached."""
     from atp.evaluate import evaluate_checkpoint
 
-    ckpt = pipeline.manifest_checkpoint(step.manifest())
+    manifest = step.manifest()
+    ckpt = pipeline.manifest_checkpoint(manifest)
     record = {"family": step.family, "seed": step.seed, "stage": step.name, "run_dir": str(step.run_dir)}
     record["student"] = evaluate_checkpoint(ckpt, step.run_dir / "eval", train_cfg, reuse=True, progress=False)
     record["teacher"] = (evaluate_checkpoint(ckpt, step.run_dir / "eval_teacher", train_cfg, weights="teacher",
                                              reuse=True, progress=False)
-                         if plan.reports_teacher(step.name) else None)
+                         if get_stage(manifest["stage"]).teaches_with_pseudo_labels else None)  # oracle: source
     return record
 
 

@@ -24,23 +24,6 @@ def discover_families(conf_dir: Path | None = None) -> list[str]:
     return sorted(path.stem for path in folder.glob("toy*.yaml"))
 
 
-def registered_stages() -> dict:
-    from atp.stages import STAGES
-
-    return STAGES
-
-
-def default_stages() -> list[str]:
-    """The ladder's rungs that the stage registry knows (``adabn`` appears once it is registered)."""
-    known = registered_stages()
-    return [stage for stage in LADDER_STAGES if stage in known]
-
-
-def reports_teacher(stage: str) -> bool:
-    """Whether the stage's EMA teacher trains the student (then its mIoU is reported too)."""
-    return bool(getattr(registered_stages().get(stage), "teaches_with_pseudo_labels", False))
-
-
 @dataclass(frozen=True)
 class Step:
     """One rung of one run: a stage of a chain job, or the oracle; ``run_dir`` holds its manifest."""
@@ -53,9 +36,7 @@ class Step:
     def manifest(self) -> dict | None:
         """The step's manifest when it finished (status complete and the final checkpoint present)."""
         manifest = pipeline.read_manifest(self.run_dir)
-        if manifest and manifest.get("status") == "complete" and pipeline.manifest_checkpoint(manifest).is_file():
-            return manifest
-        return None
+        return manifest if manifest and pipeline.is_finished(manifest) else None
 
 
 @dataclass(frozen=True)

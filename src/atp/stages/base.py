@@ -85,6 +85,8 @@ class SegStage(pl.LightningModule):
     default_init: ClassVar[str | None] = None
     #: position in the default chain (``stage=chain``); None = not part of it
     chain_position: ClassVar[int | None] = None
+    #: whether an EMA teacher's pseudo-labels train the student (its mIoU and pseudo-labels are then reported)
+    teaches_with_pseudo_labels: ClassVar[bool] = False
     #: constructor arguments kept out of the checkpoint's hyper-parameters (networks, not options)
     not_hyperparameters: ClassVar[tuple[str, ...]] = ("model",)
 

@@ -32,7 +32,6 @@ class PseudoLabels(NamedTuple):
 class MeanTeacherStage(SegStage):
     """A ``SegStage`` with an EMA teacher (spec §4.2–4.4), reset from the student at step 0."""
 
-    #: whether the teacher's pseudo-labels train the student (W&B panels show them only then)
     teaches_with_pseudo_labels = True
 
     def __init__(
