@@ -66,14 +66,16 @@ def chain_stages(cfg: DictConfig) -> list[str]:
     return names
 
 
-def chain_init(stage: str, finished: list[tuple[str, Path]]) -> str:
+def chain_init(stage: str, finished: list[tuple[str, Path]], configured: str | None = STAGE_DEFAULT) -> str | None:
     """``init_from`` for ``stage`` in a chain: the final checkpoint of the latest finished stage *of this chain*
-    that is one of its registry predecessors; without one, the stage's default (``init_from=default``)."""
+    that is one of its registry predecessors; without one, the ``init_from`` the chain job was given
+    (``configured``: ``default``, the stage's own default, unless set, e.g. a source checkpoint trained
+    elsewhere for a chain that starts after source)."""
     predecessors = get_stage(stage).predecessors
     for name, checkpoint in reversed(finished):
         if name in predecessors:
             return str(checkpoint)
-    return STAGE_DEFAULT
+    return configured
 
 
 def compose_chain(cfg: DictConfig, job_dir: Path) -> list[tuple[str, Path, DictConfig]]:
@@ -103,7 +105,8 @@ def run_chain(cfg: DictConfig, job_dir: Path) -> list[dict]:
             finished.append((stage, pipeline.manifest_checkpoint(done)))
             continue
         with open_dict(stage_cfg):
-            stage_cfg.init_from = chain_init(stage, finished)
+            # the stage configs are composed without the job's init_from (a per-stage key): pass it on here
+            stage_cfg.init_from = chain_init(stage, finished, cfg.init_from)
         manifest = run_stage(stage_cfg, stage_dir, sweep_dir=job_dir, key="chain")
         manifest["_dir"] = str(stage_dir)
         manifests.append(manifest)
