@@ -1,9 +1,13 @@
-"""``python -m atp.ladder [--families …|all] [--seeds 76,1] [--out outputs/ladder] [--stages …] [overrides…]``.
+"""``python -m atp.ladder [--families …|all] [--seeds 76,1] [--jobs N] [--out outputs/ladder] [--stages …] [overrides…]``.
 
-Trains every (family, seed) chain and its target oracle (each skipped when finished, resumed when
+Trains every (family, seed) chain and the target oracles (each skipped when finished, resumed when
 not), evaluates every finished stage on the family's target val (cached in ``<stage dir>/eval``), and
-writes ``<out>/ladder.md`` and ``ladder.json``. Extra ``key=value`` arguments go to every ``atp.train``
-job (and to the evaluation's model/data config). Exit status 1 when any job or evaluation failed.
+writes ``<out>/ladder.md`` and ``ladder.json``. When every family has the same source data (the toy
+families do), the source model is trained once per seed in ``<out>/_source/seed<s>`` and each family's
+chain starts from it (its source row: that model on the family's target val, cached in
+``<out>/_source/seed<s>/eval_<family>``). ``--jobs N`` runs N jobs at once, each on its share of the
+cores. Extra ``key=value`` arguments go to every ``atp.train`` job (and to the evaluation's model/data
+config). Exit status 1 when any job or evaluation failed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from atp import pipeline
 from atp.atomic import atomic_write_json, atomic_write_text
 from atp.errors import UserError
 from atp.ladder import plan, tables
-from atp.ladder.jobs import Progress, format_duration, run_job
+from atp.ladder.jobs import JobOutcome, Progress, format_duration, job_environment, run_jobs, threads_per_job
 from atp.stages import STAGES, get_stage
 
 
@@ -35,6 +39,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "those the stage registry has)")
     parser.add_argument("--experiment", default="toy_cpu", help="recipe under conf/experiment/ (default toy_cpu)")
     parser.add_argument("--no-oracle", action="store_true", help="do not train the target oracle")
+    parser.add_argument("--oracle-seeds", default=None,
+                        help="comma-separated seeds to train the oracle with, or all (default: the first of "
+                             "--seeds; the oracle is a ceiling, and every seed's gap closed uses its family's)")
+    parser.add_argument("--no-share-source", action="store_true",
+                        help="train the source model in every family's chain, even when their source data "
+                             "are the same")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training jobs at once, each with its share of the CPU threads (default 1)")
     parser.add_argument("overrides", nargs="*", help="extra atp.train overrides (key=value) for every job")
     return parser.parse_args(argv)
 
@@ -58,11 +70,11 @@ def resolve_families(text: str) -> list[str]:
     return families
 
 
-def resolve_seeds(text: str) -> list[int]:
+def resolve_seeds(text: str, option: str = "--seeds") -> list[int]:
     try:
-        return [int(seed) for seed in _names(text, "--seeds")]
+        return [int(seed) for seed in _names(text, option)]
     except ValueError:
-        raise UserError(f"ladder: --seeds {text!r}: give comma-separated integers, e.g. --seeds 76,1") from None
+        raise UserError(f"ladder: {option} {text!r}: give comma-separated integers, e.g. {option} 76,1") from None
 
 
 def resolve_stages(text: str | None) -> list[str]:
@@ -74,6 +86,21 @@ def resolve_stages(text: str | None) -> list[str]:
         raise UserError(f"ladder: --stages {','.join(unknown)}: not a registered stage; choose from "
                         f"{', '.join(STAGES)}")
     return stages
+
+
+def resolve_oracle_seeds(text: str | None, seeds: list[int], no_oracle: bool) -> list[int]:
+    if no_oracle:
+        return []
+    if text is None:
+        return seeds[:1]
+    if text == "all":
+        return list(seeds)
+    chosen = resolve_seeds(text, "--oracle-seeds")
+    stray = [seed for seed in chosen if seed not in seeds]
+    if stray:
+        raise UserError(f"ladder: --oracle-seeds {','.join(map(str, stray))}: not among --seeds "
+                        f"{','.join(map(str, seeds))}; choose some of those, or all")
+    return chosen
 
 
 def train_config(experiment: str, family: str, overrides: list[str]):
@@ -91,8 +118,10 @@ def evaluate_step(step: plan.Step, train_cfg) -> dict:
     manifest = step.manifest()
     ckpt = pipeline.manifest_checkpoint(manifest)
     record = {"family": step.family, "seed": step.seed, "stage": step.name, "run_dir": str(step.run_dir)}
-    record["student"] = evaluate_checkpoint(ckpt, step.run_dir / "eval", train_cfg, reuse=True, progress=False)
-    record["teacher"] = (evaluate_checkpoint(ckpt, step.run_dir / "eval_teacher", train_cfg, weights="teacher",
+    folder = step.run_dir / step.eval_name
+    record["student"] = evaluate_checkpoint(ckpt, folder, train_cfg, reuse=True, progress=False)
+    record["teacher"] = (evaluate_checkpoint(ckpt, folder.with_name(f"{step.eval_name}_teacher"), train_cfg,
+                                             weights="teacher",
                                              reuse=True, progress=False)
                          if get_stage(manifest["stage"]).teaches_with_pseudo_labels else None)  # oracle: source
     return record
@@ -103,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         families, seeds = resolve_families(args.families), resolve_seeds(args.seeds)
         stages = resolve_stages(args.stages)
+        oracle_seeds = resolve_oracle_seeds(args.oracle_seeds, seeds, args.no_oracle)
+        if args.jobs < 1:
+            raise UserError(f"ladder: --jobs {args.jobs}: give the number of jobs to run at once, 1 or more")
         plan.check_overrides(args.overrides)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -110,51 +142,90 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kill, a scheduler) unwinds like Ctrl-C, so the running job is stopped too, not orphaned
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        return run_ladder(args, families, seeds, stages, argv)
+        return run_ladder(args, families, seeds, stages, oracle_seeds, argv)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
+def decide_share(args: argparse.Namespace, stages: list[str], configs: dict) -> tuple[bool, str | None]:
+    """Whether the families share one source model per seed, and why not (None when they do or it was not asked)."""
+    from omegaconf import OmegaConf
+
+    if args.no_share_source or stages[:1] != ["source"]:
+        return False, None
+    why_not = plan.source_difference({family: OmegaConf.to_container(cfg.dataset, resolve=True)
+                                      for family, cfg in configs.items()})
+    return why_not is None, why_not
+
+
 def run_ladder(args: argparse.Namespace, families: list[str], seeds: list[int], stages: list[str],
-               argv: list[str] | None) -> int:
+               oracle_seeds: list[int], argv: list[str] | None) -> int:
     """Train, evaluate and tabulate; 1 when any job or evaluation failed."""
     started = time.time()
     out = Path(args.out).resolve()
     command = shlex.join(["python", "-m", "atp.ladder", *(sys.argv[1:] if argv is None else argv)])
-    jobs = plan.plan_jobs(out, families, seeds, stages, args.experiment, args.overrides, oracle=not args.no_oracle)
+    try:
+        configs = {family: train_config(args.experiment, family, args.overrides) for family in families}
+    except Exception as err:  # a bad override: every job would fail the same way
+        print(f"error: ladder: the train config does not compose with these overrides: {err}", file=sys.stderr)
+        return 2
+    share, why_not = decide_share(args, stages, configs)
+    jobs = plan.plan_jobs(out, families, seeds, stages, args.experiment, args.overrides, oracle_seeds, share)
     progress = Progress([step for job in jobs for step in job.steps])
-    progress.say(f"ladder: {len(families)} families × {len(seeds)} seeds × "
-                 f"{len(stages) + (not args.no_oracle)} steps ({' → '.join(stages)}"
-                 f"{'' if args.no_oracle else ' + oracle'}) → {out}")
-    failures, records, configs = [], [], {}
-    for job in jobs:
-        outcome = run_job(job, progress)
+    threads = threads_per_job(args.jobs)
+    progress.say(f"ladder: {len(families)} families × {len(seeds)} seeds × {len(stages)} stages "
+                 f"({' → '.join(stages)}) + oracle of seed(s) {', '.join(map(str, oracle_seeds)) or 'none'}; "
+                 f"{args.jobs} job(s) at once{f', {threads} thread(s) each' if args.jobs > 1 else ''} → {out}")
+    if share:
+        progress.say(f"ladder: one source model per seed in {out / plan.SHARED_DIR}, shared by every family "
+                     "(their source data are the same)")
+    elif why_not:
+        progress.say(f"ladder: training the source model per family: {why_not}")
+    if args.jobs > 1:
+        import torch
+
+        torch.set_num_threads(threads)  # the evaluations here run beside the other jobs
+    failures, records = [], []
+
+    def evaluate(outcome: JobOutcome) -> None:
+        job = outcome.job
         if not outcome.ok:
-            failures.append(f"{job.family} seed {job.seed} {job.kind}: exit {outcome.returncode}, log {job.log}")
-        for step in job.steps:
+            why = (f"exit {outcome.returncode}, log {job.log}" if outcome.returncode is not None
+                   else f"not run, the job it starts from failed ({job.after})")
+            failures.append(f"{job.family} seed {job.seed} {job.kind}: {why}")
+        for step in job.rungs:
             if step.manifest() is None:
                 continue
             try:
-                if step.family not in configs:
-                    configs[step.family] = train_config(args.experiment, step.family, args.overrides)
                 records.append(evaluate_step(step, configs[step.family]))
             except Exception as err:  # one bad checkpoint must not lose the other results
                 failures.append(f"{step.family} seed {step.seed} {step.name}: evaluation failed: {err}")
                 progress.say(f"    {step.family} seed {step.seed} {step.name}: evaluation failed: {err}")
+
+    run_jobs(jobs, progress, slots=args.jobs, env=job_environment(args.jobs), on_end=evaluate)
     finished = time.time()
+    # in plan order whatever order the concurrent jobs ended in (a table lists seeds as its records do)
+    records.sort(key=lambda r: (families.index(r["family"]), seeds.index(r["seed"]),
+                                [*stages, plan.ORACLE].index(r["stage"])))
     summary = {family: tables.summarise_family([r for r in records if r["family"] == family], stages)
                for family in families}
     header = [f"* command: `{command}`",
               f"* date: {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}; run time of this invocation: "
-              f"{format_duration(finished - started)}",
-              f"* recipe: experiment={args.experiment}; seeds {', '.join(map(str, seeds))}; output {out}"]
+              f"{format_duration(finished - started)}; {args.jobs} training job(s) at once",
+              f"* recipe: experiment={args.experiment}; seeds {', '.join(map(str, seeds))}; output {out}",
+              "* source: " + ("one source model per seed, shared by every family (their source data are the same); "
+                              "its row is that model on each family's target val" if share
+                              else "trained in every family's chain" + (f" ({why_not})" if why_not else "")),
+              "* oracle: " + (f"seed(s) {', '.join(map(str, oracle_seeds))}; the gap closed of a seed without its "
+                              "own oracle uses the mean of its family's oracle runs" if oracle_seeds else "not trained")]
     text = tables.ladder_markdown(header, summary, failures)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ladder.md", text)
     atomic_write_json(out / "ladder.json", {
         "command": command, "started_at": started, "finished_at": finished, "run_seconds": round(finished - started, 1),
         "experiment": args.experiment, "families": families, "seeds": seeds, "stages": stages,
-        "overrides": args.overrides, "oracle": not args.no_oracle, "tables": summary, "failures": failures,
+        "overrides": args.overrides, "oracle": bool(oracle_seeds), "oracle_seeds": oracle_seeds,
+        "shared_source": share, "jobs": args.jobs, "tables": summary, "failures": failures,
         "runs": [{k: r[k] for k in ("family", "seed", "stage", "run_dir")}
                  | {"student_mIoU": r["student"]["mIoU"], "teacher_mIoU": r["teacher"] and r["teacher"]["mIoU"]}
                  for r in records],

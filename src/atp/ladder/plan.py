@@ -1,7 +1,9 @@
-"""What the ladder runs and where: families, stages, one ``atp.train`` job per (family, seed) and its oracle."""
+"""What the ladder runs and where: families, stages, the shared source per seed, one ``atp.train`` chain job
+per (family, seed) and the oracles."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,10 @@ from atp.errors import UserError
 #: The rungs the ladder compares, in chain order; a rung the stage registry lacks is left out.
 LADDER_STAGES = ("source", "adabn", "align", "teach", "propagate")
 ORACLE = "oracle"
+SOURCE_JOB = "source"
+#: The family label of the shared source job in the progress lines and failures (it trains for every family).
+SHARED = "shared"
+SHARED_DIR = "_source"
 #: Keys the ladder sets itself for every job; an extra override of one of them is refused.
 RESERVED_KEYS = ("stage", "dataset", "seed", "experiment", "chain.stages", "init_from", "hydra.run.dir",
                  "hydra.job_logging.root.handlers")
@@ -26,12 +32,17 @@ def discover_families(conf_dir: Path | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class Step:
-    """One rung of one run: a stage of a chain job, or the oracle; ``run_dir`` holds its manifest."""
+    """One rung of one run: a stage of a chain job, the oracle, or a family's view of the shared source.
+
+    ``run_dir`` holds its manifest; its evaluation on ``family``'s target val is cached in
+    ``run_dir/<eval_name>`` (``eval_<family>`` for the shared source, which every family evaluates).
+    """
 
     family: str
     seed: int
     name: str
     run_dir: Path
+    eval_name: str = "eval"
 
     def manifest(self) -> dict | None:
         """The step's manifest when it finished (status complete and the final checkpoint present)."""
@@ -41,14 +52,20 @@ class Step:
 
 @dataclass(frozen=True)
 class Job:
-    """One ``python -m atp.train`` subprocess, its steps in the order it runs them, and its log."""
+    """One ``python -m atp.train`` subprocess, its steps in the order it runs them, and its log.
+
+    ``rungs`` are the steps evaluated once it ends (its steps, or every family's view of a shared
+    source); ``after`` is the run dir of the job it must wait for (a chain waits for its shared source).
+    """
 
     family: str
     seed: int
-    kind: str  # "chain" | ORACLE
+    kind: str  # "chain" | SOURCE_JOB | ORACLE
     run_dir: Path
     steps: tuple[Step, ...]
     command: tuple[str, ...]
+    rungs: tuple[Step, ...] = ()
+    after: Path | None = None
 
     @property
     def log(self) -> Path:
@@ -72,22 +89,101 @@ def chain_stage_dir(job_dir: Path, index: int, stage: str) -> Path:
 
 
 def plan_jobs(out: Path, families: list[str], seeds: list[int], stages: list[str], experiment: str,
-              overrides: list[str], oracle: bool = True) -> list[Job]:
-    """Per family and seed: the chain job in ``<out>/<family>/seed<s>``, then the oracle in ``…/oracle``."""
-    jobs = []
+              overrides: list[str], oracle_seeds: list[int], share_source: bool = False) -> list[Job]:
+    """Every job in the order the ladder starts them.
+
+    With ``share_source`` (and ``source`` the first stage): one source job per seed in
+    ``<out>/_source/seed<s>`` first, then per family and seed the chain of the other stages in
+    ``<out>/<family>/seed<s>``, started from that source's final checkpoint. Without it, each chain
+    job runs all the stages. The oracle of a family and seed in ``oracle_seeds`` goes in ``…/oracle``.
+    """
+    share_source = share_source and stages[:1] == ["source"]
+    jobs, chain_stages = [], stages[1:] if share_source else stages
+    shared: dict[int, Path] = {}
+    if share_source:
+        for seed in seeds:
+            job_dir = shared[seed] = out / SHARED_DIR / f"seed{seed}"
+            rungs = tuple(Step(family, seed, "source", job_dir, f"eval_{family}") for family in families)
+            jobs.append(Job(SHARED, seed, SOURCE_JOB, job_dir, (Step(SHARED, seed, "source", job_dir),), (
+                *_common_args(experiment, families[0], seed, overrides), "stage=source", f"hydra.run.dir={job_dir}",
+                *overrides), rungs))
     for family in families:
         for seed in seeds:
             job_dir = out / family / f"seed{seed}"
             common = _common_args(experiment, family, seed, overrides)
-            steps = tuple(Step(family, seed, stage, chain_stage_dir(job_dir, i, stage)) for i, stage in enumerate(stages))
-            jobs.append(Job(family, seed, "chain", job_dir, steps, (
-                *common, "stage=chain", f"chain.stages=[{','.join(stages)}]", f"hydra.run.dir={job_dir}",
-                *overrides)))
-            if oracle:
+            if chain_stages:
+                steps = tuple(Step(family, seed, stage, chain_stage_dir(job_dir, i, stage))
+                              for i, stage in enumerate(chain_stages))
+                init = ([f"init_from={shared_checkpoint(shared[seed])}"] if share_source else [])
+                jobs.append(Job(family, seed, "chain", job_dir, steps, (
+                    *common, "stage=chain", f"chain.stages=[{','.join(chain_stages)}]", *init,
+                    f"hydra.run.dir={job_dir}", *overrides), steps, shared.get(seed)))
+            if seed in oracle_seeds:
                 oracle_dir = job_dir / ORACLE
-                jobs.append(Job(family, seed, ORACLE, oracle_dir, (Step(family, seed, ORACLE, oracle_dir),), (
-                    *common, *oracle_overrides(family), f"hydra.run.dir={oracle_dir}", *overrides)))
+                step = Step(family, seed, ORACLE, oracle_dir)
+                jobs.append(Job(family, seed, ORACLE, oracle_dir, (step,), (
+                    *common, *oracle_overrides(family), f"hydra.run.dir={oracle_dir}", *overrides), (step,)))
     return jobs
+
+
+def shared_checkpoint(job_dir: Path) -> Path:
+    """The final checkpoint a shared source job writes (``stage=source`` in ``hydra.run.dir=job_dir``)."""
+    return job_dir / "checkpoints" / "final.ckpt"
+
+
+#: Dataset keys that describe only the target or where the data lie: they may differ between families
+#: that share a source model. Everything else a source stage reads (generator arguments, the source
+#: entry, crops, scale, flips…) must be equal.
+TARGET_ONLY_KEYS = ("name", "missing_data_fix", "target", "target_val", "toy.shift", "toy.out")
+
+
+def source_difference(datasets: dict[str, dict]) -> str | None:
+    """None when every family's source data and source training inputs are the same, else why not.
+
+    ``datasets``: per family its resolved ``dataset`` config (the composed ``train`` config's). Only toy
+    families can share: their generator draws the source domain independently of ``toy.shift``, and
+    ``toy.out`` is only the folder of each family's copy, so ``source.root`` is compared relative to it.
+    """
+    reference_family, reference = None, None
+    for family, dataset in datasets.items():
+        if not isinstance(dataset.get("toy"), dict):
+            return f"{family} is not a generated toy family (no dataset.toy)"
+        key = _without(dataset, TARGET_ONLY_KEYS)
+        root, out = str(key.get("source", {}).get("root", "")), str(dataset["toy"].get("out", ""))
+        if out and (root == out or root.startswith(out.rstrip("/") + "/")):
+            key["source"]["root"] = "<toy.out>" + root[len(out.rstrip("/")):]
+        if reference is None:
+            reference_family, reference = family, key
+            continue
+        differing = _first_difference(reference, key)
+        if differing is not None:
+            return f"dataset.{differing} differs between {reference_family} and {family}"
+    return None
+
+
+def _without(config: dict, dotted_keys: tuple[str, ...]) -> dict:
+    config = copy.deepcopy(config)
+    for dotted in dotted_keys:
+        *parents, last = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config
+
+
+def _first_difference(a, b, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else prefix[:-1]
+
+
+_MISSING = object()
 
 
 def oracle_overrides(family: str) -> list[str]:

@@ -19,8 +19,9 @@ DEFINITIONS = (
     "Target-val mIoU (all19) of the final checkpoint of every stage: the student weights, and the EMA "
     "teacher for stages whose teacher trains the student; mean ± sample standard deviation over seeds "
     "(n = seeds with a result). **Gap closed** = (stage − source) / (oracle − source) × 100 per seed "
-    "(student mIoU), then mean ± std over the seeds that have all three (a seed whose oracle does not beat "
-    "its source is left out). The **oracle** is the same network and source schedule trained on the "
+    "(student mIoU), then mean ± std over the seeds that have a source result (a seed whose oracle does not "
+    "beat its source is left out); a seed trained without an oracle of its own (`--oracle-seeds`, by default "
+    "the first seed only) takes the mean oracle mIoU of its family. The **oracle** is the same network and source schedule trained on the "
     "target's train split with its labels: a diagnostic ceiling, never used for training or model "
     "selection. **Per-class change** Teach → Propagate: student IoU per class, Propagate − Teach per seed, "
     "mean over seeds, sorted from the largest gain down."
@@ -35,6 +36,8 @@ def summarise_family(records: list[dict], stages: list[str]) -> dict:
     """The table of one family (``records`` of that family only)."""
     by_key = {(r["stage"], r["seed"]): r for r in records}
     seeds = list(dict.fromkeys(r["seed"] for r in records))  # in the order they ran
+    oracles = [_miou(r["student"]) for r in records if r["stage"] == ORACLE]
+    family_oracle = statistics.fmean(oracles) if oracles else None  # the ceiling of a seed without its own oracle
     rows = []
     for stage in [*stages, ORACLE]:
         student = {s: _miou(by_key[stage, s]["student"]) for s in seeds if (stage, s) in by_key}
@@ -42,8 +45,8 @@ def summarise_family(records: list[dict], stages: list[str]) -> dict:
         teacher = {s: v for s, v in teacher.items() if v is not None}
         shares = {}
         for seed, value in student.items():
-            base, ceiling = (_miou(by_key[k, seed]["student"]) if (k, seed) in by_key else None
-                             for k in (GAP_BASELINE, ORACLE))
+            base = _miou(by_key[GAP_BASELINE, seed]["student"]) if (GAP_BASELINE, seed) in by_key else None
+            ceiling = _miou(by_key[ORACLE, seed]["student"]) if (ORACLE, seed) in by_key else family_oracle
             if base is not None and ceiling is not None and ceiling > base:
                 shares[seed] = 100 * (value - base) / (ceiling - base)
         rows.append({
