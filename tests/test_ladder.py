@@ -14,8 +14,11 @@ from atp.ladder.tables import summarise_family
 from tests.stage_helpers import CONF_DIR, TINY
 
 SEEDS = (76, 1)
-STAGES = ("source", "align", "teach")  # teach: a stage whose EMA teacher is reported (its predecessor is align)
-STEP_DIRS = {"source": "0_source", "align": "1_align", "teach": "2_teach", "oracle": "oracle"}
+FAMILIES = ("toy", "toy_fog")
+# adabn and align: chain stages without a predecessor in the chain (they start from the shared source);
+# teach: a stage whose EMA teacher is reported (its predecessor is align)
+STAGES = ("source", "adabn", "align", "teach")
+STEP_DIRS = {"adabn": "0_adabn", "align": "1_align", "teach": "2_teach", "oracle": "oracle"}
 
 
 def _tiny(data_dir: Path, out: Path) -> list[str]:
@@ -23,58 +26,125 @@ def _tiny(data_dir: Path, out: Path) -> list[str]:
             f"paths.output_dir={out}", "trainer.max_steps=2", "trainer.val_check_interval=2"]
 
 
-def _metrics(out: Path, seed: int, step: str, folder: str = "eval") -> dict:
-    return json.loads((out / "toy" / f"seed{seed}" / STEP_DIRS[step] / folder / "metrics.json").read_text())
+def _step_dir(out: Path, seed: int, step: str, family: str = "toy") -> Path:
+    return out / "_source" / f"seed{seed}" if step == "source" else out / family / f"seed{seed}" / STEP_DIRS[step]
 
 
-def _miou(out: Path, seed: int, step: str, folder: str = "eval") -> float:
-    return _metrics(out, seed, step, folder)["mIoU"]["all19"]
+def _metrics(out: Path, seed: int, step: str, folder: str = "eval", family: str = "toy") -> dict:
+    if step == "source" and folder == "eval":
+        folder = f"eval_{family}"  # the shared source model, evaluated on this family's target val
+    return json.loads((_step_dir(out, seed, step, family) / folder / "metrics.json").read_text())
+
+
+def _miou(out: Path, seed: int, step: str, folder: str = "eval", family: str = "toy") -> float:
+    return _metrics(out, seed, step, folder, family)["mIoU"]["all19"]
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        code = ladder_main(args)
+    return code, console.getvalue()
 
 
 @pytest.fixture(scope="module")
 def ladder_run(data_toy_root, tmp_path_factory):
-    """One finished 1-family × 2-seed ladder (source → align → teach + oracle) and its console output."""
-    import contextlib
-    import io
-
+    """One finished 2-family × 2-seed ladder (shared source → adabn → align → teach + the oracle of the first
+    seed), two jobs at once, and its console output."""
     out = tmp_path_factory.mktemp("ladder") / "out"
-    args = ["--families", "toy", "--seeds", ",".join(map(str, SEEDS)), "--stages", ",".join(STAGES),
-            "--out", str(out), *_tiny(data_toy_root, out.parent / "outputs")]
-    console = io.StringIO()
-    with contextlib.redirect_stdout(console):
-        code = ladder_main(args)
-    return out, args, code, console.getvalue()
+    args = ["--families", ",".join(FAMILIES), "--seeds", ",".join(map(str, SEEDS)), "--stages", ",".join(STAGES),
+            "--jobs", "2", "--out", str(out), *_tiny(data_toy_root, out.parent / "outputs")]
+    code, console = _run(args)
+    return out, args, code, console
+
+
+def _events(console: str, status: str) -> list[tuple[str, str, str]]:
+    """(family, seed, step) of the progress lines with ``status``."""
+    lines = [line.split() for line in console.splitlines() if re.match(r"\d\d:\d\d:\d\d \[", line)]
+    return [(words[2], words[4], words[5]) for words in lines if words[6] == status]
 
 
 @pytest.mark.slow
 def test_ladder_writes_mean_and_std_over_seeds_of_every_stage(ladder_run):
     out, _, code, console = ladder_run
     assert code == 0, console
-    assert [line.split()[5:7] for line in console.splitlines() if " done " in line] == [
-        ["source", "done"], ["align", "done"], ["teach", "done"], ["oracle", "done"]] * 2
-    table = json.loads((out / "ladder.json").read_text())["tables"]["toy"]
-    rows = {row["stage"]: row for row in table["rows"]}
-    assert list(rows) == ["source", "align", "teach", "oracle"]
+    # source once per seed, every family's chain and the first seed's oracles, in whatever order the two slots took
+    assert sorted(_events(console, "done")) == sorted(
+        [("shared", str(s), "source") for s in SEEDS]
+        + [(f, str(s), stage) for f in FAMILIES for s in SEEDS for stage in STAGES[1:]]
+        + [(f, str(SEEDS[0]), "oracle") for f in FAMILIES])
+    ladder = json.loads((out / "ladder.json").read_text())
+    assert (ladder["shared_source"], ladder["jobs"], ladder["oracle_seeds"]) == (True, 2, [SEEDS[0]])
     markdown = (out / "ladder.md").read_text()
-    for stage in rows:
-        a, b = (_miou(out, seed, stage) for seed in SEEDS)
-        mean, std = (a + b) / 2, abs(a - b) / math.sqrt(2)  # the sample std of two values
-        assert rows[stage]["student"]["mean"] == pytest.approx(mean)
-        assert rows[stage]["student"]["std"] == pytest.approx(std)
-        assert f"| {stage} | {mean:.2f} ± {std:.2f} (2) |" in markdown
-    # the teacher only where it trains the student
-    assert rows["source"]["teacher"] is None and rows["oracle"]["teacher"] is None
-    teachers = [_metrics(out, seed, "teach", "eval_teacher") for seed in SEEDS]
-    assert all(t["weights"] == "teacher" for t in teachers)
-    assert rows["teach"]["teacher"]["mean"] == pytest.approx(sum(t["mIoU"]["all19"] for t in teachers) / 2)
-    # share of the gap closed, per seed where the oracle beats the source, then the mean
-    shares = []
+    for family in FAMILIES:
+        table = ladder["tables"][family]
+        rows = {row["stage"]: row for row in table["rows"]}
+        assert table["seeds"] == list(SEEDS) and list(rows) == [*STAGES, "oracle"]
+        for stage in STAGES:
+            a, b = (_miou(out, seed, stage, family=family) for seed in SEEDS)
+            mean, std = (a + b) / 2, abs(a - b) / math.sqrt(2)  # the sample std of two values
+            assert rows[stage]["student"]["mean"] == pytest.approx(mean)
+            assert rows[stage]["student"]["std"] == pytest.approx(std)
+            assert f"| {stage} | {mean:.2f} ± {std:.2f} (2) |" in markdown
+        oracle = _miou(out, SEEDS[0], "oracle", family=family)
+        assert rows["oracle"]["student"]["per_seed"] == {str(SEEDS[0]): pytest.approx(oracle)}
+        # the teacher only where it trains the student
+        assert rows["source"]["teacher"] is None and rows["oracle"]["teacher"] is None
+        teachers = [_metrics(out, seed, "teach", "eval_teacher", family) for seed in SEEDS]
+        assert all(t["weights"] == "teacher" for t in teachers)
+        assert rows["teach"]["teacher"]["mean"] == pytest.approx(sum(t["mIoU"]["all19"] for t in teachers) / 2)
+        # gap closed: every seed against the one oracle (seed 76's), where it beats that seed's source
+        shares = {}
+        for seed in SEEDS:
+            source, teach = (_miou(out, seed, s, family=family) for s in ("source", "teach"))
+            if oracle > source:
+                shares[str(seed)] = pytest.approx(100 * (teach - source) / (oracle - source))
+        gap = rows["teach"]["gap_closed"]
+        assert (gap is None) if not shares else gap["per_seed"] == shares
+    assert "* oracle: seed(s) 76;" in markdown and "one source model per seed, shared by every family" in markdown
+
+
+@pytest.mark.slow
+def test_ladder_trains_the_source_once_per_seed_and_every_chain_starts_from_it(ladder_run):
+    out, _, code, _ = ladder_run
+    assert code == 0
     for seed in SEEDS:
-        source, teach, oracle = (_miou(out, seed, s) for s in ("source", "teach", "oracle"))
-        if oracle > source:
-            shares.append(100 * (teach - source) / (oracle - source))
-    gap = rows["teach"]["gap_closed"]
-    assert (gap is None) if not shares else gap["mean"] == pytest.approx(sum(shares) / len(shares))
+        shared = out / "_source" / f"seed{seed}"
+        source = json.loads((shared / "manifest.json").read_text())
+        assert (source["stage"], source["status"]) == ("source", "complete")
+        checkpoint = str((shared / "checkpoints" / "final.ckpt").resolve())
+        for family in FAMILIES:
+            seed_dir = out / family / f"seed{seed}"
+            assert not list(seed_dir.glob("*_source")) and not (seed_dir / "oracle" / "0_source").exists()
+            adabn, align, teach = (json.loads((seed_dir / STEP_DIRS[s] / "manifest.json").read_text())
+                                   for s in ("adabn", "align", "teach"))
+            # a chain [adabn, align, teach] given init_from: both stages without a predecessor in it start there
+            assert adabn["init_from"] == align["init_from"] == checkpoint
+            assert teach["init_from"] == str((seed_dir / "1_align" / "checkpoints" / "final.ckpt").resolve())
+        # one model, evaluated on each family's own target val
+        evals = [_metrics(out, seed, "source", family=f) for f in FAMILIES]
+        assert [e["ckpt"] for e in evals] == [checkpoint] * len(FAMILIES)
+        assert evals[0]["mIoU"] != evals[1]["mIoU"]  # toy (mixed) and fog targets differ
+
+
+@pytest.mark.slow
+def test_shared_source_changes_no_number_of_the_chain(ladder_run, data_toy_root):
+    out, args, code, _ = ladder_run
+    assert code == 0
+    alone = out.parent / "alone"
+    overrides = args[args.index("--out") + 2:]
+    code, console = _run(["--families", "toy_fog", "--seeds", str(SEEDS[0]), "--stages", ",".join(STAGES),
+                          "--no-oracle", "--no-share-source", "--jobs", "2", "--out", str(alone), *overrides])
+    assert code == 0, console
+    seed_dir = alone / "toy_fog" / f"seed{SEEDS[0]}"
+    per_family = {s: json.loads((seed_dir / f"{i}_{s}" / "eval" / "metrics.json").read_text())
+                  for i, s in enumerate(STAGES)}
+    assert json.loads((alone / "ladder.json").read_text())["shared_source"] is False
+    for stage in STAGES:
+        assert per_family[stage]["mIoU"] == _metrics(out, SEEDS[0], stage, family="toy_fog")["mIoU"], stage
 
 
 @pytest.mark.slow
@@ -84,13 +154,12 @@ def test_ladder_oracle_trains_on_target_labels_and_never_feeds_a_stage(ladder_ru
     seed_dir = out / "toy" / "seed76"
     oracle = json.loads((seed_dir / "oracle" / "manifest.json").read_text())
     assert (oracle["stage"], oracle["dataset"], oracle["status"]) == ("source", "toy-oracle", "complete")
+    assert not (out / "toy" / "seed1" / "oracle").exists()  # --oracle-seeds: the first seed only
     dataset = OmegaConf.load(seed_dir / "oracle" / "config.yaml").dataset
     source = OmegaConf.to_container(OmegaConf.create({"paths": {"data_dir": "D"}, "dataset": dataset}).dataset.source,
                                     resolve=True)
     assert source["_target_"].endswith("CityscapesDataset") and source["split"] == "train"
     assert source["root"] == "D/toy/cityscapes"
-    align = json.loads((seed_dir / "1_align" / "manifest.json").read_text())
-    assert align["init_from"] == str((seed_dir / "0_source" / "checkpoints" / "final.ckpt").resolve())
 
 
 @pytest.mark.slow
@@ -101,7 +170,7 @@ def test_ladder_second_invocation_reruns_nothing(ladder_run, capsys):
     before = {p: p.stat().st_mtime_ns for p in watched}
     assert ladder_main(args) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\d\d:\d\d:\d\d \[", line)]
-    assert len(lines) == len(SEEDS) * (len(STAGES) + 1)
+    assert len(lines) == len(SEEDS) + len(FAMILIES) * len(SEEDS) * (len(STAGES) - 1) + len(FAMILIES)
     assert all("skipped" in line for line in lines), lines
     assert {p: p.stat().st_mtime_ns for p in watched} == before
 
@@ -123,9 +192,19 @@ def test_failing_family_is_reported_with_its_log_and_the_others_finish(ladder_ru
     assert "no_such_folder" in console  # the log's tail is shown
     assert any("toy_broken" in line and "source" in line and "failed" in line for line in console.splitlines())
     assert any("toy_broken" in line and "teach" in line and "not run" in line for line in console.splitlines())
+    assert "training the source model per family: dataset.source.root differs between toy_broken and toy" in console
     markdown = (out / "ladder.md").read_text()
     assert "## toy (seeds 76)" in markdown and "| teach |" in markdown
     assert "## Failed" in markdown and str(log) in markdown
+    # alone, the broken family shares its (failing) source job: its chain is not run, and says why
+    code = ladder_main(["--families", "toy_broken", "--seeds", "76", "--stages", ",".join(STAGES),
+                        "--no-oracle", "--out", str(tmp_path / "alone"), *overrides])
+    console = capsys.readouterr().out
+    assert code == 1
+    assert _events(console, "failed") == [("shared", "76", "source")]
+    assert _events(console, "not") == [("toy_broken", "76", stage) for stage in STAGES[1:]]  # "not run"
+    assert "toy_broken seed 76 chain: not run, the job it starts from failed" in (
+        tmp_path / "alone" / "ladder.md").read_text()
 
 
 def test_unknown_family_and_reserved_override_are_one_clear_line(capsys):
@@ -134,6 +213,64 @@ def test_unknown_family_and_reserved_override_are_one_clear_line(capsys):
     assert "toy_nope" in err and "toy" in err and "--families all" in err
     assert ladder_main(["--families", "toy", "seed=3"]) == 2
     assert "--seeds" in capsys.readouterr().err
+    assert ladder_main(["--families", "toy", "init_from=/x.ckpt"]) == 2
+    assert "init_from" in capsys.readouterr().err
+    assert ladder_main(["--families", "toy", "--seeds", "76,1", "--oracle-seeds", "5"]) == 2
+    assert "--oracle-seeds 5: not among --seeds 76,1" in capsys.readouterr().err
+    assert ladder_main(["--families", "toy", "--jobs", "0"]) == 2
+    assert "--jobs 0" in capsys.readouterr().err
+
+
+def _dataset(family: str, *overrides: str) -> dict:
+    from atp.ladder.cli import train_config
+
+    return OmegaConf.to_container(train_config("toy_cpu", family, list(overrides)).dataset, resolve=True)
+
+
+def test_toy_families_share_their_source_and_a_difference_in_it_is_named():
+    from atp.ladder.plan import source_difference
+
+    toy, fog, night = _dataset("toy"), _dataset("toy_fog"), _dataset("toy_night")
+    assert toy["toy"]["out"] != fog["toy"]["out"] and toy["target"] != fog["target"]  # the target differs…
+    assert source_difference({"toy": toy, "toy_fog": fog, "toy_night": night}) is None  # …the source does not
+    # what the source stage reads: generator arguments, the source entry, the crops
+    assert source_difference({"toy": toy, "toy_fog": _dataset("toy_fog", "dataset.toy.n_source=20")}) == (
+        "dataset.toy.n_source differs between toy and toy_fog")
+    assert source_difference({"toy": toy, "toy_fog": _dataset("toy_fog", "dataset.crop_size=[64,64]")}) == (
+        "dataset.crop_size differs between toy and toy_fog")
+    moved = _dataset("toy_fog", "dataset.source.root=/elsewhere/gta")  # not the family's own copy
+    assert source_difference({"toy": toy, "toy_fog": moved}) == "dataset.source.root differs between toy and toy_fog"
+    assert source_difference({"toy": toy, "real": {k: v for k, v in fog.items() if k != "toy"}}) == (
+        "real is not a generated toy family (no dataset.toy)")
+
+
+def test_shared_plan_runs_the_source_once_per_seed_before_the_chains(tmp_path):
+    from atp.ladder.plan import plan_jobs
+
+    stages = ["source", "adabn", "align"]
+    jobs = plan_jobs(tmp_path, ["toy", "toy_fog"], [76, 1], stages, "toy_cpu", [], [76], share_source=True)
+    assert [(j.kind, j.family, j.seed) for j in jobs] == [
+        ("source", "shared", 76), ("source", "shared", 1),
+        ("chain", "toy", 76), ("oracle", "toy", 76), ("chain", "toy", 1),
+        ("chain", "toy_fog", 76), ("oracle", "toy_fog", 76), ("chain", "toy_fog", 1)]
+    chain = jobs[2]
+    assert chain.after == tmp_path / "_source" / "seed76" == jobs[0].run_dir
+    assert "chain.stages=[adabn,align]" in chain.command
+    assert f"init_from={tmp_path / '_source' / 'seed76' / 'checkpoints' / 'final.ckpt'}" in chain.command
+    assert [(s.family, s.eval_name) for s in jobs[0].rungs] == [("toy", "eval_toy"), ("toy_fog", "eval_toy_fog")]
+    unshared = plan_jobs(tmp_path, ["toy"], [76], stages, "toy_cpu", [], [], share_source=False)
+    assert [(j.kind, j.after) for j in unshared] == [("chain", None)]
+    assert "chain.stages=[source,adabn,align]" in unshared[0].command
+    assert not any(arg.startswith("init_from=") for arg in unshared[0].command)
+
+
+def test_jobs_get_their_share_of_the_threads(monkeypatch):
+    from atp.ladder import jobs
+
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 8)
+    assert [jobs.threads_per_job(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    assert jobs.job_environment(1) is None  # one job at a time: the ladder's own environment, as before
+    assert jobs.job_environment(2)["OMP_NUM_THREADS"] == "4"
 
 
 def _record(seed, stage, miou, per_class=None, teacher=None):
@@ -170,6 +307,18 @@ def test_tables_arithmetic_against_hand_computed_values():
     change = table["per_class_change"]
     assert [(c["class"], c["change"], c["n"]) for c in change["classes"]] == [
         ("road", pytest.approx(3.0), 2), ("sky", pytest.approx(2.0), 2), ("pole", pytest.approx(1.0), 1)]
+
+
+def test_seeds_without_an_oracle_of_their_own_use_the_mean_of_their_familys():
+    records = [_record(1, "source", 30.0), _record(1, "teach", 34.0), _record(1, "oracle", 40.0),
+               _record(2, "source", 32.0), _record(2, "teach", 33.0), _record(3, "oracle", 44.0),
+               _record(3, "source", 20.0), _record(3, "teach", 28.0)]
+    rows = {row["stage"]: row for row in summarise_family(records, ["source", "teach"])["rows"]}
+    # seed 1: its own oracle, (34-30)/(40-30); seed 2: the family mean (40+44)/2 = 42, (33-32)/(42-32);
+    # seed 3: its own, (28-20)/(44-20)
+    assert rows["teach"]["gap_closed"]["per_seed"] == {
+        "1": pytest.approx(40.0), "2": pytest.approx(10.0), "3": pytest.approx(100 * 8 / 24)}
+    assert rows["oracle"]["student"]["n"] == 2
 
 
 def test_interrupted_ladder_stops_its_running_job(tmp_path, monkeypatch):

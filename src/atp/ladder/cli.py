@@ -19,8 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from atp import pipeline
 from atp.atomic import atomic_write_json, atomic_write_text
+from atp.data.toy import ensure_toy_data
 from atp.errors import UserError
 from atp.ladder import plan, tables
 from atp.ladder.jobs import JobOutcome, Progress, format_duration, job_environment, run_jobs, threads_per_job
@@ -147,14 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def decide_share(args: argparse.Namespace, stages: list[str], configs: dict) -> tuple[bool, str | None]:
+def decide_share(args: argparse.Namespace, stages: list[str], datasets: dict[str, dict]) -> tuple[bool, str | None]:
     """Whether the families share one source model per seed, and why not (None when they do or it was not asked)."""
-    from omegaconf import OmegaConf
-
     if args.no_share_source or stages[:1] != ["source"]:
         return False, None
-    why_not = plan.source_difference({family: OmegaConf.to_container(cfg.dataset, resolve=True)
-                                      for family, cfg in configs.items()})
+    why_not = plan.source_difference(datasets)
     return why_not is None, why_not
 
 
@@ -169,7 +169,16 @@ def run_ladder(args: argparse.Namespace, families: list[str], seeds: list[int], 
     except Exception as err:  # a bad override: every job would fail the same way
         print(f"error: ladder: the train config does not compose with these overrides: {err}", file=sys.stderr)
         return 2
-    share, why_not = decide_share(args, stages, configs)
+    datasets = {family: OmegaConf.to_container(cfg.dataset, resolve=True) for family, cfg in configs.items()}
+    share, why_not = decide_share(args, stages, datasets)
+    for family, dataset in datasets.items():
+        # here, one family after the other: concurrent jobs would generate the same data at once, and the
+        # shared source is evaluated on families whose own jobs have not run yet
+        try:
+            ensure_toy_data(dataset)
+        except Exception as err:
+            print(f"error: ladder: generating the toy data of {family} failed: {err}", file=sys.stderr)
+            return 2
     jobs = plan.plan_jobs(out, families, seeds, stages, args.experiment, args.overrides, oracle_seeds, share)
     progress = Progress([step for job in jobs for step in job.steps])
     threads = threads_per_job(args.jobs)
