@@ -37,10 +37,12 @@ test-cluster: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m atp.demo
 
-# Every toy shift family × seeds 76 and 1, source → AdaBN → Align → Teach → Propagate + target oracle;
-# resumable (re-running skips finished runs). Long: start it as `nohup make ladder > ladder.out &`.
+# Every toy shift family × seeds 76 and 1: one shared source model per seed, then AdaBN → Align → Teach →
+# Propagate per family, + the target oracle of seed 76; two jobs at once, one thread each; resumable
+# (re-running skips finished runs). Long: start it as `nohup make ladder > ladder.out &`.
+LADDER_ARGS ?= --jobs 2
 ladder: $(STAMP)
-	$(PY) -m atp.ladder
+	$(PY) -m atp.ladder $(LADDER_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts

@@ -63,8 +63,9 @@ def ladder_run(data_toy_root, tmp_path_factory):
 
 def _events(console: str, status: str) -> list[tuple[str, str, str]]:
     """(family, seed, step) of the progress lines with ``status``."""
-    lines = [line.split() for line in console.splitlines() if re.match(r"\d\d:\d\d:\d\d \[", line)]
-    return [(words[2], words[4], words[5]) for words in lines if words[6] == status]
+    found = (re.match(r"\d\d:\d\d:\d\d \[ *\d+/\d+\] (\S+) +seed (\S+) +(\S+) +(\S+)", line)
+             for line in console.splitlines())
+    return [match.group(1, 2, 3) for match in found if match and match.group(4) == status]
 
 
 @pytest.mark.slow
@@ -348,3 +349,16 @@ def test_interrupted_ladder_stops_its_running_job(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         jobs.run_job(job, jobs.Progress([step]), poll_s=0.05)
     assert marker.read_text() == "x"  # the job got SIGTERM and was waited for, not orphaned
+
+
+def test_chain_stage_without_a_predecessor_in_the_chain_starts_from_the_jobs_init_from(tmp_path):
+    from atp.train import chain_init
+
+    source, adabn, align = (tmp_path / f"{name}.ckpt" for name in ("source", "adabn", "align"))
+    # the ladder's chain [adabn, align, teach] after a shared source: adabn and align start from it…
+    assert chain_init("adabn", [], str(source)) == str(source)
+    assert chain_init("align", [("adabn", adabn)], str(source)) == str(source)  # adabn is not align's predecessor
+    # …teach from the chain's align, whatever the job was given
+    assert chain_init("teach", [("adabn", adabn), ("align", align)], str(source)) == str(align)
+    # without init_from (the job's config says default): as before
+    assert chain_init("adabn", [], "default") == chain_init("adabn", []) == "default"
