@@ -408,6 +408,23 @@ def profile_table(profiler: Any, rows: int = 12) -> str:
     return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def profile_difference(real: Any, bare: Any, steps: int, rows: int = 15) -> str:
+    """Ops by how much more self CPU time per step the real step spends in them than the bare step (ms, calls)."""
+    def per_op(profiler: Any) -> dict[str, tuple[float, float]]:
+        return {e.key: (e.self_cpu_time_total / 1000 / steps, e.count / steps) for e in profiler.key_averages()}
+
+    real_ops, bare_ops = per_op(real), per_op(bare)
+    names = sorted(set(real_ops) | set(bare_ops),
+                   key=lambda n: real_ops.get(n, (0, 0))[0] - bare_ops.get(n, (0, 0))[0], reverse=True)
+    total = sum(v[0] for v in real_ops.values()) - sum(v[0] for v in bare_ops.values())
+    lines = [f"{'op':<48} {'real ms':>9} {'bare ms':>9} {'extra ms':>9} {'real calls':>11} {'bare calls':>11}"]
+    for name in names[:rows]:
+        (r_ms, r_calls), (b_ms, b_calls) = real_ops.get(name, (0, 0)), bare_ops.get(name, (0, 0))
+        lines.append(f"{name[:48]:<48} {r_ms:>9.2f} {b_ms:>9.2f} {r_ms - b_ms:>9.2f} {r_calls:>11.1f} {b_calls:>11.1f}")
+    lines.append(f"{'total self CPU per step':<48} {'':>9} {'':>9} {total:>9.2f}")
+    return "\n".join(lines)
+
+
 def bench_stage(stage: str, args: argparse.Namespace, device: torch.device) -> tuple[list[dict], Any, list[float]]:
     """Real vs bare step of one stage, alternated; returns the records, the module (for eval) and the real
     step's block medians (seconds)."""
@@ -427,9 +444,11 @@ def bench_stage(stage: str, args: argparse.Namespace, device: torch.device) -> t
         profiler = profile(activities=activities)
         real_times = run_real_stage(module, batch, args, device, None, profiler).real
         print(f"\n== profile of {stage} (real step, {args.steps} steps) ==\n{profile_table(profiler)}")
+        alternate([bare_step], args.warmup, 0, device)  # warm-up outside the profile, as for the real step
         with profile(activities=activities) as bare_profile:
-            (bare_times,) = alternate([bare_step], args.steps, args.warmup, device)
+            (bare_times,) = alternate([bare_step], args.steps, 0, device)
         print(f"\n== profile of {stage} (bare step) ==\n{profile_table(bare_profile)}")
+        print(f"\n== {stage}: real minus bare, per step ==\n{profile_difference(profiler, bare_profile, args.steps)}")
         peak_mib = None
     else:
         with PeakMemory(device) as memory:
