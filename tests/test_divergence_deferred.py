@@ -76,3 +76,31 @@ def test_deferred_guard_changes_nothing_while_gradients_are_finite(data_toy_root
     assert finals["on"].keys() == finals["off"].keys()
     changed = [k for k in finals["on"] if not torch.equal(finals["on"][k], finals["off"][k])]
     assert not changed, changed[:5]
+
+
+class StopAsOnSigterm(Callback):
+    """A SIGTERM (or requeue signal) arriving during ``step``: the stage stops and saves after it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step + 1:
+            from atp.run.lightning_private import stop_as_on_sigterm
+
+            stop_as_on_sigterm(trainer)
+
+
+def test_a_sigterm_save_between_checks_never_writes_diverged_weights(data_toy_root, tmp_path):
+    """The bad step 3 is not a check step; SIGTERM at step 4 saves between checks: the guard reads its flag
+    before that save, writes the post-mortem instead and leaves last.ckpt (step 3) alone."""
+    run_dir = tmp_path / "run"
+    cfg = stage_cfg("source", data_toy_root, tmp_path, run_dir, *FUSED, "trainer.max_steps=8",
+                    "trainer.val_check_interval=8", "checkpoint_every=3")
+    poison = PoisonBatch(3)
+    with pytest.raises(DivergenceError, match="diverged at step 3 .found at step 5"):
+        run_stage(cfg, run_dir, extra_callbacks=[poison, StopAsOnSigterm(4)])
+    ckpts = run_dir / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 3
+    postmortem = torch.load(ckpts / "postmortem-step3.ckpt", weights_only=False)
+    assert postmortem["divergence"]["batch"] == poison.names
