@@ -28,7 +28,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from atp.errors import DivergenceError
-from atp.run.lightning_private import dump_trainer_state
+from atp.run.lightning_private import dump_trainer_state, periodic_checkpoint_steps
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,7 @@ class DivergenceGuard(Callback):
         follows it (or a stop was requested, or too many steps went unchecked)."""
         after = int(trainer.global_step) + 1
         should_log = getattr(module, "should_log", None)
-        saves = any(getattr(c, "_every_n_train_steps", 0) and after % c._every_n_train_steps == 0
-                    for c in trainer.checkpoint_callbacks)
+        saves = any(every and after % every == 0 for every in periodic_checkpoint_steps(trainer))
         validates = trainer.enable_validation and isinstance(trainer.val_check_batch, int) and \
             trainer.val_check_batch > 0 and after % trainer.val_check_batch == 0
         return bool((should_log is not None and should_log()) or saves or validates
