@@ -97,6 +97,7 @@ class DivergenceGuard(Callback):
         self._flag: torch.Tensor | None = None
         self._first_bad: torch.Tensor | None = None
         self._bad_mask: torch.Tensor | None = None
+        self._zero: torch.Tensor | None = None  # the norm of a parameter without a gradient
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._reset_deferred()
@@ -113,8 +114,7 @@ class DivergenceGuard(Callback):
             if bad:
                 self._diverged(trainer, module, int(trainer.global_step), self._names, bad)
             return
-        named = list(student.named_parameters())
-        self._accumulate([p for _, p in named])
+        self._accumulate(list(student.parameters()))
         getattr(optimizer, "optimizer", optimizer).found_inf = self._flag
         if self._is_check_step(trainer, module):
             self.check(trainer, module)
