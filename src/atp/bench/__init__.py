@@ -227,7 +227,8 @@ class BareStep:
 
     Every variant: one ``zero_grad``, forward/backward passes on a plain loss at crop resolution
     (bilinear upsampling of 1/4 logits, as every stage does), one AdamW step with the same groups.
-    Teacher stages add the EMA update and the strong augmentation (both part of the method).
+    Teacher stages add the EMA update, the teacher's forward (no dropout; BatchNorm on batch statistics when the
+    stage's teacher uses them) and the strong augmentation (all part of the method).
     """
 
     def __init__(self, stage: str, module, device: torch.device, bf16: bool) -> None:
@@ -239,6 +240,10 @@ class BareStep:
         self.teacher = None
         if hasattr(module, "teacher"):
             self.teacher = copy.deepcopy(module.student).to(device).eval().requires_grad_(False)
+            if module.teacher.bn_train_mode:  # the method's teacher: BatchNorm on batch statistics (spec §4.2)
+                for layer in self.teacher.modules():
+                    if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                        layer.train()
             self.teacher_params = list(self.teacher.parameters())
             self.student_params = list(self.student.parameters())
         self.strong_aug = getattr(module, "strong_aug", None)
