@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# GPU benchmark on one H100 (all four stages, MiT-B5, 640² crops, batch 2, bf16-mixed; < 8 minutes).
-#   scripts/gpu_check.sh            run it; records go to $OUT_DIR/bench_gpu.json (default outputs/)
-#   scripts/gpu_check.sh --dry-run  print the command, check this script's syntax and compose every
-#                                   stage config on the CPU without building a model or running anything
+# The first GPU run answers everything at once, on one H100/H200 (< 8 minutes):
+#  1. the benchmark: all four stages, MiT-B5, 640² crops, batch 2, bf16-mixed, real and bare steps alternated,
+#     ratios judged on the median and the whole spread over the blocks → $OUT_DIR/bench_gpu.json;
+#  2. the step checks (atp.bench.step_checks): each stage a few steps with torch.cuda.set_sync_debug_mode("error")
+#     on the non-logging steps, Teach's pseudo-label confidence and quality q in fp32 vs bf16 on the same batches
+#     (spec §14 #26), peak memory per stage → $OUT_DIR/step_checks_gpu.json.
+# Both run even if the first fails; the exit status is that of the first failure.
+#   scripts/gpu_check.sh            run it (default OUT_DIR=outputs)
+#   scripts/gpu_check.sh --dry-run  check this script's syntax, compose every stage config of the GPU run, and run
+#                                   the step checks on the CPU with a tiny model (what `make test` covers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 OUT_DIR="${OUT_DIR:-outputs}"
-BENCH_ARGS=(--model mitb5 --crop 640 --batch 2 --precision bf16-mixed --device cuda
-            --steps 10 --warmup 3 --stages source,align,teach,propagate --json "$OUT_DIR/bench_gpu.json")
+SETTING=(--model mitb5 --crop 640 --batch 2 --precision bf16-mixed --device cuda)
+BENCH_ARGS=("${SETTING[@]}" --steps 20 --blocks 4 --warmup 3 --stages source,align,teach,propagate
+            --json "$OUT_DIR/bench_gpu.json")
+CHECK_ARGS=("${SETTING[@]}" --steps 7 --compare-batches 4 --json "$OUT_DIR/step_checks_gpu.json")
 
 echo "+ $PYTHON -m atp.bench ${BENCH_ARGS[*]}"
+echo "+ $PYTHON -m atp.bench.step_checks ${CHECK_ARGS[*]}"
 if [[ "${1:-}" == "--dry-run" ]]; then
     bash -n "$0"
-    exec "$PYTHON" -m atp.bench "${BENCH_ARGS[@]}" --dry-run
+    "$PYTHON" -m atp.bench "${BENCH_ARGS[@]}" --dry-run
+    exec "$PYTHON" -m atp.bench.step_checks --dry-run
 fi
 mkdir -p "$OUT_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-exec timeout 480 "$PYTHON" -m atp.bench "${BENCH_ARGS[@]}"
+status=0
+timeout 300 "$PYTHON" -m atp.bench "${BENCH_ARGS[@]}" || status=$?
+timeout 150 "$PYTHON" -m atp.bench.step_checks "${CHECK_ARGS[@]}" || { s=$?; [[ $status -ne 0 ]] || status=$s; }
+exit "$status"

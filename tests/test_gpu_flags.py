@@ -87,12 +87,13 @@ def test_bench_quick_writes_json_records(tmp_path):
     bench.main(["--quick", "--crop", "32", "--steps", "2", "--warmup", "1", "--stages", "source,teach",
                 "--data-images", "1", "--data-samples", "2", "--threads", "1", "--json", str(out)])
     rows = json.loads(out.read_text())
-    assert rows and all(set(row) == {"metric", "value", "target", "meets"} for row in rows)
+    assert rows and all(set(row) == {"metric", "value", "low", "high", "target", "meets"} for row in rows)
     by_name = {row["metric"]: row for row in rows}
     for name in ("source/ratio", "teach/ratio", "eval/ratio_vs_prediction"):
         ratio = by_name[name]
         assert isinstance(ratio["value"], float) and ratio["value"] > 0
-        assert ratio["target"] == "<= 1.1" and ratio["meets"] is (ratio["value"] <= 1.1)
+        assert ratio["target"] == "<= 1.1" and ratio["meets"] is None  # --quick judges nothing
+        assert ratio["low"] <= ratio["value"] <= ratio["high"]  # the median of the blocks, and their spread
     assert by_name["data/img_per_s_per_worker"]["value"] > 0
-    assert by_name["data/per_worker_over_teach_consumption"]["meets"] in (True, False)
+    assert by_name["data/per_worker_over_teach_consumption"]["value"] > 0
     assert all(row["meets"] is None for row in rows if row["target"] is None)

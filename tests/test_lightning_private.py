@@ -106,3 +106,12 @@ def test_the_progress_bar_hook_atp_overrides_exists():
     assert hasattr(RichProgressBar, "_get_train_description"), (
         f"Lightning {pl.__version__} renamed RichProgressBar._get_train_description, which "
         "atp.progress.StageProgressBar overrides to name the stage")
+
+
+def test_periodic_checkpoint_steps_reads_every_n_train_steps(tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                         callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3)])
+    steps = lightning_private.periodic_checkpoint_steps(trainer)
+    assert steps == [3], _broken("periodic_checkpoint_steps", f"read {steps} from every_n_train_steps=3")

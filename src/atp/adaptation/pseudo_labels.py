@@ -58,7 +58,10 @@ def class_quantile_thresholds(
     # Sort by class first, then confidence: class ids are integers and confidences lie in [0, 1].
     order = torch.argsort(flat_labels.double() * 2.0 + flat_conf.double())
     sorted_conf = flat_conf[order]
-    counts = torch.bincount(flat_labels, minlength=num_classes)[:num_classes]
+    # bincount's output size depends on the largest label (a host sync on a GPU): count into C + 1 slots instead
+    slots = flat_labels.long().clamp(max=num_classes)
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=slots.device)
+    counts = counts.scatter_add_(0, slots, torch.ones_like(slots))[:num_classes]
     starts = torch.cumsum(counts, 0) - counts
     offsets = torch.floor(quantile * (counts - 1).clamp(min=0).double()).long()
     index = (starts + offsets).clamp(max=max(flat_conf.numel() - 1, 0))

@@ -1,6 +1,6 @@
 """Every use of Lightning's private API in atp, one named function each (pinned by tests/test_lightning_private.py).
 
-Lightning 2.6 has no public way to do these three things; if an upgrade changes an attribute, the pin test
+Lightning 2.6 has no public way to do these things; if an upgrade changes an attribute, the pin test
 names the function here that needs a new implementation.
 """
 
@@ -38,3 +38,11 @@ def stop_as_on_sigterm(trainer: pl.Trainer) -> None:
     Private: ``trainer._signal_connector.received_sigterm``, the flag Lightning's own SIGTERM handler sets.
     """
     trainer._signal_connector.received_sigterm = True
+
+
+def periodic_checkpoint_steps(trainer: pl.Trainer) -> list[int]:
+    """``every_n_train_steps`` of each checkpoint callback (0 where it does not save on a step count).
+
+    Private: ``ModelCheckpoint._every_n_train_steps`` (the constructor argument has no public attribute).
+    """
+    return [int(getattr(callback, "_every_n_train_steps", 0) or 0) for callback in trainer.checkpoint_callbacks]

@@ -60,7 +60,7 @@ def parse_signal(value: Any) -> signal.Signals | None:
 class RequeueSignal(Callback):
     """A scheduler's requeue signal (submitit's pre-timeout SIGUSR2) stops the stage like SIGTERM, then hands over.
 
-    The handler only records the signal. At the end of each training step the ranks agree whether any got it
+    The handler only records the signal. At the end of a training step the ranks agree whether any got it
     (a MAX all-reduce under DDP, so all stop after the same step whichever got it first) and if so set
     Lightning's SIGTERM flag: the loop stops after that step, :class:`SigtermCheckpoint` saves it to
     ``last.ckpt`` on every rank's behalf (written by rank 0) and ``run_stage`` marks the manifest. ``run_stage``
@@ -68,9 +68,17 @@ class RequeueSignal(Callback):
     :meth:`install` works from the main thread only; :meth:`restore` puts the previous handler back.
     ``signum`` is anything :func:`parse_signal` reads (``conf/train.yaml``'s ``requeue_signal``); null makes the
     callback inert (the signal goes straight to whatever handler is there).
+
+    Alone, a process checks its own flag after every step (free). Under DDP the agreement reads a device
+    tensor back (a host sync that stalls a GPU's queue), so it runs only after every ``check_every``-th step:
+    the stage then stops up to ``check_every − 1`` steps after the signal, time taken from the grace period
+    before the scheduler's kill (those steps are saved, not lost).
     """
 
-    def __init__(self, signum: signal.Signals | str | int | None) -> None:
+    def __init__(self, signum: signal.Signals | str | int | None, check_every: int = 1) -> None:
+        if int(check_every) < 1:
+            raise UserError(f"callbacks.requeue_signal.check_every={check_every} must be >= 1 (1 = every step)")
+        self.check_every = int(check_every)
         self.signum = signum if isinstance(signum, signal.Signals) else parse_signal(signum)
         self.name = self.signum.name if self.signum else "requeue signal (off)"
         self.previous: Any = None
@@ -102,6 +110,8 @@ class RequeueSignal(Callback):
             return
         stop = self.received
         if distributed_world()[0] > 1:  # every rank runs this hook once per step: a safe collective
+            if trainer.global_step % self.check_every:  # the same steps on every rank
+                return
             flag = torch.tensor([int(stop)], device=trainer.strategy.root_device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item())

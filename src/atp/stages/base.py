@@ -159,9 +159,13 @@ class SegStage(pl.LightningModule):
         torch.manual_seed(self.seed * 7_919 + self.global_step)
         # Fixed for the whole step: the optimiser step in the middle advances global_step, and what a
         # step computes for logging must match whether it logs.
-        self._log_this_step = (self.global_step + 1) % self.log_interval == 0
+        self._log_this_step = self.logs_at(self.global_step)
 
     # ------------------------------------------------------------------ logging
+    def logs_at(self, step: int) -> bool:
+        """Whether the training step that starts at ``global_step == step`` logs (every ``log_interval`` steps)."""
+        return (step + 1) % self.log_interval == 0
+
     def should_log(self) -> bool:
         """Whether the current training step logs (every ``log_interval`` steps, counted after the step)."""
         return getattr(self, "_log_this_step", False)
