@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from atp import pipeline
 from atp.data.config import find_conf_dir
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((manifest["stage"], result["mIoU"]["all19"], result["pixel_acc"], teacher))
     write_summary(out)
     minutes = (time.time() - started) / 60
-    print("\nATP on the toy domain shift (target val; mIoU of the student weights, and of the EMA teacher)")
+    family = OmegaConf.select(train_cfg, "dataset.toy.shift", default=None)
+    print(f"\nATP on the toy domain shift, dataset={train_cfg.dataset.name}"
+          f"{f' (shift family {family})' if family else ''} (target val; mIoU of the student weights, and of "
+          "the EMA teacher)")
     print(f"{'stage':<10} {'mIoU':>6} {'pixel acc':>10} {'teacher mIoU':>13}")
     for stage, miou, acc, teacher in rows:
         teacher_text = "-" if teacher is None else f"{teacher:.2f}"
