@@ -61,15 +61,20 @@ def _names(text: str, option: str) -> list[str]:
     return names
 
 
+def _refuse_unknown(option: str, chosen: list, allowed, why: str) -> None:
+    """One error naming every value of ``option`` that is not in ``allowed``, and why."""
+    unknown = [value for value in chosen if value not in allowed]
+    if unknown:
+        raise UserError(f"ladder: {option} {','.join(map(str, unknown))}: {why}")
+
+
 def resolve_families(text: str) -> list[str]:
     available = plan.discover_families()
     if text == "all":
         return available
     families = _names(text, "--families")
-    unknown = [f for f in families if f not in available]
-    if unknown:
-        raise UserError(f"ladder: --families {','.join(unknown)}: no such toy family; the conf/dataset/toy*.yaml "
-                        f"configs are {', '.join(available) or 'none'} (or use --families all)")
+    _refuse_unknown("--families", families, available, f"no such toy family; the conf/dataset/toy*.yaml configs "
+                    f"are {', '.join(available) or 'none'} (or use --families all)")
     return families
 
 
@@ -84,10 +89,7 @@ def resolve_stages(text: str | None) -> list[str]:
     if text is None:
         return list(plan.LADDER_STAGES)
     stages = _names(text, "--stages")
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise UserError(f"ladder: --stages {','.join(unknown)}: not a registered stage; choose from "
-                        f"{', '.join(STAGES)}")
+    _refuse_unknown("--stages", stages, STAGES, f"not a registered stage; choose from {', '.join(STAGES)}")
     return stages
 
 
@@ -99,10 +101,8 @@ def resolve_oracle_seeds(text: str | None, seeds: list[int], no_oracle: bool) ->
     if text == "all":
         return list(seeds)
     chosen = resolve_seeds(text, "--oracle-seeds")
-    stray = [seed for seed in chosen if seed not in seeds]
-    if stray:
-        raise UserError(f"ladder: --oracle-seeds {','.join(map(str, stray))}: not among --seeds "
-                        f"{','.join(map(str, seeds))}; choose some of those, or all")
+    _refuse_unknown("--oracle-seeds", chosen, seeds,
+                    f"not among --seeds {','.join(map(str, seeds))}; choose some of those, or all")
     return chosen
 
 
