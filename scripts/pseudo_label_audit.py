@@ -25,6 +25,7 @@ from atp.data.config import compose_cli
 from atp.data.labels import CLASS_NAMES
 from atp.evaluate import load_model, segment_options
 from atp.inference import segment_probs
+from atp.metrics import SegMetric
 
 RANK_BUCKETS = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.5), (0.5, 0.75), (0.75, 1.0))
 
@@ -41,14 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def miou(confmat: torch.Tensor) -> float:
-    """Mean IoU (%) over the classes present in the labels of a (true, predicted) confusion matrix."""
-    inter = confmat.diag().double()
-    union = confmat.sum(0) + confmat.sum(1) - confmat.diag()
-    present = confmat.sum(1) > 0
-    return float((inter[present] / union[present]).mean() * 100)
-
-
 def audit(args: argparse.Namespace) -> dict:
     cfg = compose_cli([f"ckpt={args.ckpt}", f"dataset={args.dataset}", f"model={args.model}",
                        f"weights={args.weights}", "dataset.target_val.split=train", "data.num_workers=0"], "evaluate")
@@ -59,7 +52,7 @@ def audit(args: argparse.Namespace) -> dict:
     data = build_datamodule(cfg.dataset, mode="target", **OmegaConf.to_container(cfg.data, resolve=True))
     data.setup("validate")
     classes = int(cfg.dataset.num_classes)
-    confmats = {part: torch.zeros(classes, classes, dtype=torch.long) for part in ("easy", "hard")}
+    metrics = {part: SegMetric(classes, validate_args=False) for part in ("easy", "hard")}
     confident = {part: [0, 0, 0] for part in ("easy", "hard")}  # confident pixels, of them right, all pixels
     image_acc = {}
     with torch.no_grad():
@@ -72,7 +65,7 @@ def audit(args: argparse.Namespace) -> dict:
                 part = "easy" if name in easy else "hard"
                 valid = label[b] < classes
                 truth, guess = label[b][valid], pred[b][valid]
-                confmats[part] += torch.bincount(truth * classes + guess, minlength=classes**2).reshape(classes, -1)
+                metrics[part].update(pred[b:b + 1], label[b:b + 1])
                 sure = confidence[b][valid] >= args.conf_threshold
                 counts = confident[part]
                 counts[0] += int(sure.sum())
@@ -80,11 +73,12 @@ def audit(args: argparse.Namespace) -> dict:
                 counts[2] += int(valid.sum())
                 image_acc[name] = float((guess == truth).double().mean() * 100)
     result = {"ckpt": args.ckpt, "weights": args.weights, "dataset": args.dataset, "split_dir": str(split_dir)}
-    for part, confmat in confmats.items():
+    for part, metric in metrics.items():
         sure, right, total = confident[part]
+        scores = metric.compute()
         result[part] = {"images": sum(1 for n in image_acc if (n in easy) == (part == "easy")),
-                        "mIoU": round(miou(confmat), 2),
-                        "pixel_acc": round(float(confmat.diag().sum() / confmat.sum() * 100), 1),
+                        "mIoU": round(float(scores["mIoU/all19"]), 2),
+                        "pixel_acc": round(float(scores["pixel_acc"]), 1),
                         "q": round(100 * sure / max(total, 1), 1),
                         "confident_acc": round(100 * right / max(sure, 1), 1)}
     ranked = [image_acc[name] for name in ranking if name in image_acc]
@@ -93,7 +87,7 @@ def audit(args: argparse.Namespace) -> dict:
         part = ranked[int(low * len(ranked)):int(high * len(ranked))]
         result["rank_buckets"].append({"from": low, "to": high, "images": len(part),
                                        "pixel_acc": round(sum(part) / max(len(part), 1), 1)})
-    total = confmats["easy"] + confmats["hard"]
+    total = metrics["easy"].confmat + metrics["hard"].confmat  # rows: true class, columns: predicted
     predicted, true = total.sum(0), total.sum(1)
     result["per_class"] = {
         CLASS_NAMES[c]: {"precision": round(float(total[c, c] / max(int(predicted[c]), 1) * 100), 1),
