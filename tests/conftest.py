@@ -42,6 +42,17 @@ def data_compose() -> Callable[..., DictConfig]:
     return compose
 
 
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory) -> Path:
+    """A scratch folder for one test module's shared fixtures, removed when the module ends unless one of its
+    tests failed. Checkpoints of the module-scoped runs add up to several GB; CI's disk is not that large."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def data_toy_root(tmp_path_factory) -> Path:
     """A small toy domain shift (12 source, 8 target, 4 val images at 64×32) as paths.data_dir."""

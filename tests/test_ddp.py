@@ -145,8 +145,8 @@ DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 @pytest.fixture(scope="module")
-def source_ckpt(data_toy_root, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp_source")
+def source_ckpt(data_toy_root, module_tmp) -> Path:
+    out = module_tmp
     run_stage(stage_cfg("source", data_toy_root, out, out / "src", "trainer.max_steps=2"), out / "src")
     return out / "src" / "checkpoints" / "final.ckpt"
 

@@ -15,7 +15,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def uda_checkpoint(tmp_path_factory) -> Path:
+def uda_checkpoint(module_tmp) -> Path:
     """A random MiT-B5 ATP UDA checkpoint ({'state_dict': model.* / ema_model.*, 'meta'}) from the manifest."""
     keys = json.loads((FIXTURES / "atp_uda_checkpoint.json").read_text())["keys"]
     generator = torch.Generator().manual_seed(0)
@@ -27,7 +27,7 @@ def uda_checkpoint(tmp_path_factory) -> Path:
             state[name] = torch.ones(shape)
         else:
             state[name] = torch.randn(shape, generator=generator) * 0.02
-    path = tmp_path_factory.mktemp("uda") / "atp_uda.pth"
+    path = module_tmp / "atp_uda.pth"
     torch.save({"state_dict": state, "meta": {"iter": 40000, "seed": 76}}, path)
     yield path
     path.unlink()

@@ -26,8 +26,8 @@ from tests.stage_helpers import CONF_DIR
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("export_data")
+def data_dir(module_tmp) -> Path:
+    root = module_tmp / "export_data"
     write_cityscapes(root / "cityscapes", n_train=0, n_val=3)
     write_acdc(root / "acdc", n_train=0, n_val=1)
     write_dark_zurich(root / "dark_zurich", n_train=0, n_val=1)
@@ -35,7 +35,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(module_tmp) -> Path:
     """Random mitb0_lite weights whose classifier is scaled up, so predictions hold several classes."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("evaluate", overrides=["model=mitb0_lite", "ckpt=unused"])
@@ -43,7 +43,7 @@ def checkpoint(tmp_path_factory) -> Path:
     model = instantiate(cfg.model)
     state = model.state_dict()
     state["decode_head.conv_seg.weight"] = state["decode_head.conv_seg.weight"] * 50
-    path = tmp_path_factory.mktemp("ckpt") / "b0_lite.pth"
+    path = module_tmp / "b0_lite.pth"
     torch.save(state, path)
     return path
 

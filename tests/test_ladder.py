@@ -51,10 +51,10 @@ def _run(args: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def ladder_run(data_toy_root, tmp_path_factory):
+def ladder_run(data_toy_root, module_tmp):
     """One finished 2-family × 2-seed ladder (shared source → adabn → align → teach + the oracle of the first
     seed), two jobs at once, and its console output."""
-    out = tmp_path_factory.mktemp("ladder") / "out"
+    out = module_tmp / "out"
     args = ["--families", ",".join(FAMILIES), "--seeds", ",".join(map(str, SEEDS)), "--stages", ",".join(STAGES),
             "--jobs", "2", "--out", str(out), *_tiny(data_toy_root, out.parent / "outputs")]
     code, console = _run(args)

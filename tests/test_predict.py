@@ -38,13 +38,13 @@ def compose_predict(*overrides: str):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+def checkpoint(module_tmp) -> tuple[Path, torch.nn.Module]:
     """A random MiT-B0-lite segmentor in the converted format, and the model itself (eval mode)."""
     torch.manual_seed(3)
     model = instantiate(compose_predict("ckpt=x", "input=x").model)
     with torch.no_grad():  # spread the classes: a freshly initialised head predicts almost one class
         model.decode_head.conv_seg.weight.mul_(50)
-    path = save_converted(tmp_path_factory.mktemp("ckpt") / "tiny.pth", model.state_dict())
+    path = save_converted(module_tmp / "tiny.pth", model.state_dict())
     return path, model.eval()
 
 

@@ -137,9 +137,9 @@ class FailSavesAfter(Callback):
 
 
 @pytest.fixture(scope="module")
-def diverged(data_toy_root, tmp_path_factory):
+def diverged(data_toy_root, module_tmp):
     """A source run whose step-3 batch is NaN: (run dir, raised error, names of the poisoned batch)."""
-    out = tmp_path_factory.mktemp("diverged")
+    out = module_tmp
     run_dir = out / "run"
     cfg = stage_cfg("source", data_toy_root, out, run_dir, "trainer.max_steps=6", "checkpoint_every=2",
                     "trainer.val_check_interval=6")

@@ -53,9 +53,9 @@ def _cfg(data_dir, run_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def interrupted(data_toy_root, tmp_path_factory):
+def interrupted(data_toy_root, module_tmp):
     """A source run (6 steps) that crashed after step 5: last.ckpt holds step 3, hpc_ckpt_1.ckpt step 4."""
-    run_dir = tmp_path_factory.mktemp("requeue") / "run"
+    run_dir = module_tmp / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_stage(_cfg(data_toy_root, run_dir), run_dir, extra_callbacks=[SaveLikeRequeueHandler(4), CrashAfterStep(5)])
     assert _step(run_dir / "checkpoints" / "last.ckpt") == 3 and _step(run_dir / "hpc_ckpt_1.ckpt") == 4

@@ -12,9 +12,9 @@ from tests.stage_helpers import all_finite, logged_losses, stage_cfg
 
 
 @pytest.fixture(scope="module")
-def chain(data_toy_root, tmp_path_factory):
+def chain(data_toy_root, module_tmp):
     """source → align → teach → propagate, each started with init_from=auto (newest matching run)."""
-    out = tmp_path_factory.mktemp("outputs")
+    out = module_tmp
     runs = {}
     # conf_threshold=0: an untrained teacher is never 0.968-confident, and quality q = 0 would
     # give every hard pixel weight 0 (so no contrastive target at all).

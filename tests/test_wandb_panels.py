@@ -17,8 +17,8 @@ WIDTH, HEIGHT = 64, 32  # the toy val images at dataset.scale=[64,32]
 
 
 @pytest.fixture(scope="module")
-def source_ckpt(data_toy_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("wandb_source")
+def source_ckpt(data_toy_root, module_tmp):
+    out = module_tmp
     run_stage(stage_cfg("source", data_toy_root, out, out / "src", "trainer.max_steps=2"), out / "src")
     return out / "src" / "checkpoints" / "final.ckpt"
 

@@ -98,23 +98,22 @@ def b0_mmseg_state() -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def ckpt_dir(tmp_path_factory):
-    """Full-size synthetic checkpoints (≈1.4 GB together): written once, deleted at the end."""
-    root = tmp_path_factory.mktemp("b5_checkpoints")
-    yield root
-    for path in root.iterdir():
+@pytest.fixture(scope="module")
+def ckpt_dir(module_tmp):
+    """Full-size synthetic checkpoints (≈1.4 GB together): written once, deleted at the end of the module."""
+    yield module_tmp
+    for path in module_tmp.iterdir():
         path.unlink()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mit_b5_file(ckpt_dir) -> Path:
     path = ckpt_dir / "mit_b5.pth"
     torch.save(synthetic_state_dict(manifest_keys("segformer_mit_b5_imagenet.json")), path)  # plain dict
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def segmentor_file(ckpt_dir) -> Path:
     path = ckpt_dir / "daformer_segmentor.pth"
     state = synthetic_state_dict(manifest_keys("atp_daformer_mitb5_segmentor.json"))
@@ -122,7 +121,7 @@ def segmentor_file(ckpt_dir) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def uda_file(ckpt_dir) -> Path:
     path = ckpt_dir / "atp_uda.pth"
     state = synthetic_state_dict(manifest_keys("atp_uda_checkpoint.json"))
@@ -140,7 +139,7 @@ def b5_model():
 
 @pytest.fixture
 def scratch(tmp_path):
-    """A per-test directory whose checkpoint files are removed afterwards (pytest keeps tmp dirs)."""
+    """A per-test directory whose full-size checkpoint files are removed afterwards, even when the test failed."""
     yield tmp_path
     for path in tmp_path.rglob("*"):
         if path.is_file():
