@@ -28,6 +28,9 @@ STAGES = {
     "teach_class_keep": ["stage.module.pos_class_keep=0.5", "stage.module.pos_threshold=0.9"],
     "propagate": ["stage.module.scl.start_step=0", "stage.module.ignore_bottom_rows=4",
                   "stage.module.ignore_top_rows=2"],
+    # class-balanced pseudo-label weights: running shares kept on the device
+    "teach_balanced": ["stage.module.class_balance.power=0.5", "stage.module.pos_threshold=0.9"],
+    "propagate_balanced": ["stage.module.class_balance.power=0.5", "stage.module.scl.start_step=0"],
 }
 
 

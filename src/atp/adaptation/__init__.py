@@ -1,6 +1,8 @@
 """Adaptation building blocks of ATP on plain tensors and `nn.Module`s (no Lightning, no data)."""
 
 from .augment import AugParams, StrongAugment, blur_kernel_size, color_jitter, gaussian_blur
+from .batch_norm import batch_norms, bn_estimation_mode, forward_for_statistics, reestimate_batch_norm
+from .class_balance import ClassShare
 from .crop import class_balanced_crop_box, crop
 from .ema import EMATeacher, ema_alpha, is_stochastic_layer
 from .losses import (
@@ -25,10 +27,13 @@ from .ranking import image_entropy_scores, rank_target_images
 
 __all__ = [
     "AugParams",
+    "ClassShare",
     "EMATeacher",
     "PrototypeEstimator",
     "StrongAugment",
+    "batch_norms",
     "blur_kernel_size",
+    "bn_estimation_mode",
     "class_balanced_crop_box",
     "class_balanced_pseudo_labels",
     "class_quantile_thresholds",
@@ -38,6 +43,7 @@ __all__ = [
     "curriculum_entropy_loss",
     "diversity_loss",
     "downscale_labels",
+    "forward_for_statistics",
     "ema_alpha",
     "gaussian_blur",
     "image_entropy_scores",
@@ -52,6 +58,7 @@ __all__ = [
     "pseudo_label_ce_and_negative",
     "pseudo_labels_from_logits",
     "rank_target_images",
+    "reestimate_batch_norm",
     "row_ignore_weights",
     "threshold_pseudo_labels",
 ]

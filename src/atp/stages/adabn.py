@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from atp.adaptation import batch_norms, bn_estimation_mode, forward_for_statistics
 from atp.stages.base import SegStage
 
 
@@ -56,7 +57,7 @@ class AdaBNStage(SegStage):
 
     def batch_norms(self) -> Iterator[_BatchNorm]:
         """Every BatchNorm layer of the student."""
-        return (m for m in self.student.modules() if isinstance(m, _BatchNorm))
+        return batch_norms(self.student)
 
     def configure_optimizers(self):
         # No parameter ever has a gradient here, so this optimiser's step changes no weight and keeps
@@ -75,17 +76,12 @@ class AdaBNStage(SegStage):
         """BatchNorm layers in training mode, everything else in eval mode (no dropout, stochastic depth).
 
         Set at every step: Lightning restores each submodule's mode around validation by itself."""
-        self.student.eval()
-        for norm in self.batch_norms():
-            norm.train()
+        bn_estimation_mode(self.student)
 
     @torch.no_grad()
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self.estimation_mode()
-        features = self.student.extract(batch["img"])
-        self.student.decode(features)
-        if getattr(self.student, "proj_head", None) is not None:
-            self.student.project(features)
+        forward_for_statistics(self.student, batch["img"])
         self.optimizers().step()  # advances global_step; no gradients, so no weight changes
         if self.global_step >= self.num_batches:
             self.trainer.should_stop = True

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
 
 from atp.adaptation import (
+    ClassShare,
     EMATeacher,
     StrongAugment,
     class_balanced_crop_box,
     crop,
     pseudo_labels_from_logits,
+    reestimate_batch_norm,
 )
 from atp.data.labels import IGNORE_INDEX
 from atp.stages.base import SegStage, _plain
@@ -43,9 +46,18 @@ class MeanTeacherStage(SegStage):
         ema_alpha: float = 0.999,
         conf_threshold: float = 0.968,
         teacher_bn_train: bool = True,
+        class_balance: Mapping | None = None,
+        bn_refresh_batches: int | None = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        if bn_refresh_batches is not None and bn_refresh_batches < 0:
+            raise ValueError(f"stage.module.bn_refresh_batches must be >= 0 (0 = off) or null (all images), "
+                             f"got {bn_refresh_batches}")
+        self.bn_refresh_batches = bn_refresh_batches
+        balance = dict(_plain(class_balance) or {})
+        # only built when on, so checkpoints of the paper recipe keep their keys
+        self.class_share = ClassShare(self.num_classes, **balance) if balance.get("power", 0) > 0 else None
         self.teacher = EMATeacher(self.student, bn_train_mode=teacher_bn_train)
         self.ema_alpha = ema_alpha
         self.conf_threshold = conf_threshold
@@ -57,10 +69,42 @@ class MeanTeacherStage(SegStage):
         if self.global_step == 0:  # a new stage (not a resume): the teacher starts as the student
             self.teacher.reset_from(self.student)
 
+    def finish_step(self) -> None:
+        super().finish_step()
+        if self.bn_refresh_batches != 0 and 0 < self.trainer.max_steps <= self.global_step:
+            self.refresh_student_bn()
+
+    def refresh_student_bn(self) -> int:
+        """[I] After the last step, the student's BatchNorm statistics re-estimated on un-augmented target-train
+        images (the evaluation pipeline), as AdaBN does for the source model. During the stage they were
+        tracked on strongly augmented (and mixed) crops, which evaluation never sees. Weights are unchanged;
+        the teacher keeps its own statistics. Returns the number of batches used."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise RuntimeError("stage.module.bn_refresh_batches needs the ATP datamodule (its target-train images); "
+                               "set it to 0 to train without one")
+        batches = (batch["img"].to(self.device) for batch in datamodule.predict_dataloader())
+        if self.bn_refresh_batches is not None:
+            batches = itertools.islice(batches, self.bn_refresh_batches)
+        return reestimate_batch_norm(self.student, batches)
+
     def update_teacher(self) -> None:
         """EMA update at the start of the step (spec §4.2); step 0 is the copy made at train start."""
         if self.global_step > 0:
             self.teacher.update(self.student, self.global_step, max_alpha=self.ema_alpha)
+
+    def track_classes(self, *labels: torch.Tensor) -> None:
+        """Fold this step's teacher labels into the running class shares, as one update (a no-op without
+        ``class_balance``)."""
+        if self.class_share is not None:
+            self.class_share.update(torch.cat([part.reshape(-1) for part in labels]))
+
+    def balanced(self, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``weights`` times the class-balancing weights of ``labels``; ``weights`` itself when balancing is off."""
+        if self.class_share is None:
+            return weights
+        balance = self.class_share.weights(labels)
+        return balance if weights is None else weights * balance
 
     def needs_crop(self, images: torch.Tensor) -> bool:
         size = self.crop_cfg.get("size")

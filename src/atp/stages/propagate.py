@@ -100,6 +100,7 @@ class PropagateStage(MeanTeacherStage):
             easy_labels = self.upsample(easy_logits.float(), easy_weak.shape[-2:]).argmax(dim=1)  # as _labels_of
         hard = self.pseudo_label(hard_weak)
         hard_weak = hard.images
+        self.track_classes(easy_labels, hard.labels)
 
         aug_generator = self.step_generator("cpu")
         params = self.strong_aug.draw(aug_generator)
@@ -115,7 +116,7 @@ class PropagateStage(MeanTeacherStage):
 
         # 1) CE on easy images.
         easy_pred = self.upsample(self.student(easy_strong), easy_strong.shape[-2:])
-        loss_easy = self.easy_ce_weight * self._ce_with_negative(easy_pred, easy_labels)
+        loss_easy = self.easy_ce_weight * self._ce_with_negative(easy_pred, easy_labels, self.balanced(easy_labels))
         self.manual_backward(loss_easy)
         terms = {"loss/easy_ce": loss_easy}
 
@@ -142,7 +143,7 @@ class PropagateStage(MeanTeacherStage):
             mixed = self.strong_aug.apply(mix(masks, *source), params, aug_generator)
             mixed_labels, mixed_weights = mixed_targets(masks, easy_labels, hard.labels, hard_weights)
             mixed_pred = self.upsample(self.student(mixed), mixed.shape[-2:])
-            loss_mix = self._ce_with_negative(mixed_pred, mixed_labels, weights=mixed_weights)
+            loss_mix = self._ce_with_negative(mixed_pred, mixed_labels, weights=self.balanced(mixed_labels, mixed_weights))
             self.manual_backward(loss_mix)
             terms["loss/mix"] = loss_mix
 

@@ -66,6 +66,7 @@ class TeachStage(MeanTeacherStage):
             batch["img"], keep_probs=self.neg_source == "teacher",
             need_confidence=self.thresholds_positives or self.should_log(),  # q is only logged in Teach
         )
+        self.track_classes(pseudo.labels)
         labels = self.select_positives(pseudo.labels, pseudo.confidence)
         aug_generator = self.step_generator("cpu")
         params = self.strong_aug.draw(aug_generator)
@@ -73,7 +74,8 @@ class TeachStage(MeanTeacherStage):
         logits = self.upsample(self.student(strong), strong.shape[-2:])
         mask_probs = pseudo.probs if self.neg_source == "teacher" else None
         positive, negative, probs = pseudo_label_ce_and_negative(
-            logits, labels, threshold=self.neg_threshold, mask_probs=mask_probs, ignore_index=IGNORE_INDEX
+            logits, labels, threshold=self.neg_threshold, weights=self.balanced(labels), mask_probs=mask_probs,
+            ignore_index=IGNORE_INDEX,
         )
         self.manual_backward(self.pos_weight * positive + self.neg_weight * negative)
         self.finish_step()
