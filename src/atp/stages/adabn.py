@@ -9,11 +9,10 @@ LayerNorm, so the adapted layers are the decoder's and the projection head's Bat
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from atp.adaptation import batch_norms, bn_estimation_mode, forward_for_statistics
 from atp.stages.base import SegStage
@@ -52,12 +51,8 @@ class AdaBNStage(SegStage):
         if num_batches is not None and num_batches < 1:
             raise ValueError(f"stage.module.num_batches must be at least 1 (or null for one pass), got {num_batches}")
         self.num_batches = None if num_batches is None else int(num_batches)
-        for norm in self.batch_norms():
+        for norm in batch_norms(self.student):
             norm.momentum = None  # cumulative average over all batches since the reset
-
-    def batch_norms(self) -> Iterator[_BatchNorm]:
-        """Every BatchNorm layer of the student."""
-        return batch_norms(self.student)
 
     def configure_optimizers(self):
         # No parameter ever has a gradient here, so this optimiser's step changes no weight and keeps
@@ -69,18 +64,14 @@ class AdaBNStage(SegStage):
             loader = self.trainer.train_dataloader
             self.num_batches = math.ceil(len(loader.dataset) / loader.batch_size)
         if self.global_step == 0:  # a new stage (not a resume): forget the source statistics
-            for norm in self.batch_norms():
+            for norm in batch_norms(self.student):
                 norm.reset_running_stats()
-
-    def estimation_mode(self) -> None:
-        """BatchNorm layers in training mode, everything else in eval mode (no dropout, stochastic depth).
-
-        Set at every step: Lightning restores each submodule's mode around validation by itself."""
-        bn_estimation_mode(self.student)
 
     @torch.no_grad()
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self.estimation_mode()
+        # BN in training mode, the rest in eval mode; set at every step: Lightning restores each submodule's
+        # mode around validation by itself
+        bn_estimation_mode(self.student)
         forward_for_statistics(self.student, batch["img"])
         self.optimizers().step()  # advances global_step; no gradients, so no weight changes
         if self.global_step >= self.num_batches:
