@@ -12,19 +12,25 @@ from tests.stage_helpers import stage_cfg
 
 def test_share_is_the_batch_share_first_then_a_running_mean():
     share = ClassShare(3, power=1.0)
-    share.update(torch.tensor([[0, 0, 0, 1]]))
+    share.update(0, torch.tensor([[0, 0, 0, 1]]))
     assert torch.allclose(share.share, torch.tensor([0.75, 0.25, 0.0]))
-    share.update(torch.tensor([2, 2]))  # second update: the mean of the two batch shares
+    share.update(1, torch.tensor([2, 2]))  # step 1: the mean of the two batch shares
     assert torch.allclose(share.share, torch.tensor([0.375, 0.125, 0.5]))
-    share.update(torch.full((2, 2), 255))  # nothing labelled: unchanged
-    assert torch.allclose(share.share, torch.tensor([0.375, 0.125, 0.5])) and int(share.updates) == 2
+    share.update(2, torch.full((2, 2), 255))  # nothing labelled: unchanged
+    assert torch.allclose(share.share, torch.tensor([0.375, 0.125, 0.5]))
+
+
+def test_one_update_counts_every_label_tensor_of_the_step():
+    share = ClassShare(2, power=1.0)
+    share.update(0, torch.tensor([0, 0]), torch.tensor([[1, 255]]))  # easy and hard labels of one step
+    assert torch.allclose(share.share, torch.tensor([2 / 3, 1 / 3]))
 
 
 def test_share_becomes_an_ema_with_the_given_momentum():
     share = ClassShare(2, power=1.0, momentum=0.6)
-    for _ in range(3):  # keep = min(t/(t+1), 0.6): 0, 0.5, 0.6
-        share.update(torch.tensor([0]))
-    share.update(torch.tensor([1]))  # keep 0.6: [0.6, 0.4]
+    for step in range(3):  # keep = min(t/(t+1), 0.6): 0, 0.5, 0.6
+        share.update(step, torch.tensor([0]))
+    share.update(3, torch.tensor([1]))  # keep 0.6: [0.6, 0.4]
     assert torch.allclose(share.share, torch.tensor([0.6, 0.4]))
 
 
@@ -48,14 +54,13 @@ def test_bad_settings_are_refused():
 
 @pytest.mark.parametrize("stage", ["teach", "propagate"])
 def test_stage_keeps_the_running_share_in_its_checkpoint(stage, data_toy_root, tmp_path):
-    """On: the share is a checkpoint buffer updated once per step. Off (the paper recipe): no new key."""
+    """On: the share is a checkpoint buffer, moved off the uniform start. Off (the paper recipe): no new key."""
     extra = ["stage.module.scl.start_step=0"] if stage == "propagate" else []
     run_dir = tmp_path / "on"
     cfg = stage_cfg(stage, data_toy_root, tmp_path, run_dir, "init_from=null", "trainer.max_steps=2",
                     "trainer.val_check_interval=2", "stage.module.class_balance.power=0.5", *extra)
     assert run_stage(cfg, run_dir)["status"] == "complete"
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert int(state["class_share.updates"]) == 2
     assert torch.isclose(state["class_share.share"].sum(), torch.tensor(1.0))
     assert not torch.allclose(state["class_share.share"], torch.full((19,), 1 / 19))
 

@@ -19,6 +19,7 @@ from .mix import classmix_masks, mix, mixed_targets, row_ignore_weights
 from .prototypes import PrototypeEstimator, downscale_labels
 from .pseudo_labels import (
     class_balanced_pseudo_labels,
+    class_counts,
     class_quantile_thresholds,
     pseudo_labels_from_logits,
     threshold_pseudo_labels,
@@ -36,6 +37,7 @@ __all__ = [
     "bn_estimation_mode",
     "class_balanced_crop_box",
     "class_balanced_pseudo_labels",
+    "class_counts",
     "class_quantile_thresholds",
     "classmix_masks",
     "color_jitter",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from .ema import ema_alpha
+from .pseudo_labels import class_counts
+
 __all__ = ["ClassShare"]
 
 
@@ -13,9 +16,9 @@ class ClassShare(torch.nn.Module):
     ``weights(labels)`` gives a pixel of class c the weight ``share_c ** -power``, rescaled to mean 1 over the
     labelled pixels of the batch, so the loss keeps its scale and frequent classes stop drowning thin ones
     (self-training on a few classes' confident pixels starves the rest; spec small-scale hazard 3).
-    ``power=0`` gives weight 1 everywhere. The share is a cumulative mean over the first updates and an
-    EMA with ``momentum`` after that; it is a buffer, so a resumed run continues with it. Device-side
-    arithmetic only: no host synchronisation inside the training step.
+    ``power=0`` gives weight 1 everywhere. The share follows the EMA teacher's schedule (:func:`ema_alpha`
+    with ``momentum`` as its cap: the batch share at step 0, a running mean, then an EMA); it is a buffer,
+    so a resumed run continues with it. Device-side arithmetic only: no host synchronisation.
     """
 
     def __init__(self, num_classes: int, power: float = 0.5, momentum: float = 0.99, floor: float = 1e-4) -> None:
@@ -26,20 +29,15 @@ class ClassShare(torch.nn.Module):
             raise ValueError(f"class-balance momentum must lie in [0, 1), got {momentum}")
         self.num_classes, self.power, self.momentum, self.floor = num_classes, power, momentum, floor
         self.register_buffer("share", torch.full((num_classes,), 1.0 / num_classes))
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def update(self, labels: torch.Tensor) -> None:
-        """Fold the class histogram of ``labels`` (any shape; values ≥ num_classes are ignored) into the share."""
-        slots = labels.reshape(-1).long().clamp(0, self.num_classes)  # ignored pixels land in the extra slot
-        counts = torch.zeros(self.num_classes + 1, device=slots.device)
-        counts = counts.scatter_add_(0, slots, torch.ones_like(slots, dtype=counts.dtype))[: self.num_classes]
+    def update(self, step: int, *labels: torch.Tensor) -> None:
+        """Fold the class histogram of this step's ``labels`` (any shapes; values ≥ num_classes are ignored)
+        into the share; a step with no labelled pixel changes nothing."""
+        counts = sum(class_counts(part, self.num_classes) for part in labels).float()
         total = counts.sum()
-        steps = self.updates.float()
-        keep = torch.clamp(steps / (steps + 1.0), max=self.momentum)  # 0 on the first update: the batch share
-        keep = torch.where(total > 0, keep, torch.ones_like(keep))  # an all-ignored batch changes nothing
-        self.share.mul_(keep).add_((1.0 - keep) * counts / total.clamp_min(1.0))
-        self.updates.add_((total > 0).long())
+        batch_share = torch.where(total > 0, counts / total.clamp_min(1.0), self.share)
+        self.share.lerp_(batch_share, 1.0 - ema_alpha(step, self.momentum))
 
     def weights(self, labels: torch.Tensor) -> torch.Tensor:
         """Per-pixel weights (same shape as ``labels``): 0 on ignored pixels, mean 1 over the labelled ones."""

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "class_balanced_pseudo_labels",
+    "class_counts",
     "class_quantile_thresholds",
     "pseudo_labels_from_logits",
     "threshold_pseudo_labels",
@@ -41,6 +42,17 @@ def threshold_pseudo_labels(
     return labels.masked_fill(max_prob < threshold, ignore_index)
 
 
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Pixels per class (C,) int64 of ``labels`` (any shape); values ≥ ``num_classes`` (ignore) are not counted.
+
+    bincount's output size depends on the largest label (a host sync on a GPU): this counts into C + 1 slots
+    on the device instead, so it runs inside the training step.
+    """
+    slots = labels.reshape(-1).long().clamp(max=num_classes)
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=slots.device)
+    return counts.scatter_add_(0, slots, torch.ones_like(slots))[:num_classes]
+
+
 @torch.no_grad()
 def class_quantile_thresholds(
     labels: torch.Tensor, confidence: torch.Tensor, quantile: float, num_classes: int
@@ -58,10 +70,7 @@ def class_quantile_thresholds(
     # Sort by class first, then confidence: class ids are integers and confidences lie in [0, 1].
     order = torch.argsort(flat_labels.double() * 2.0 + flat_conf.double())
     sorted_conf = flat_conf[order]
-    # bincount's output size depends on the largest label (a host sync on a GPU): count into C + 1 slots instead
-    slots = flat_labels.long().clamp(max=num_classes)
-    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=slots.device)
-    counts = counts.scatter_add_(0, slots, torch.ones_like(slots))[:num_classes]
+    counts = class_counts(flat_labels, num_classes)
     starts = torch.cumsum(counts, 0) - counts
     offsets = torch.floor(quantile * (counts - 1).clamp(min=0).double()).long()
     index = (starts + offsets).clamp(max=max(flat_conf.numel() - 1, 0))

@@ -94,10 +94,9 @@ class MeanTeacherStage(SegStage):
             self.teacher.update(self.student, self.global_step, max_alpha=self.ema_alpha)
 
     def track_classes(self, *labels: torch.Tensor) -> None:
-        """Fold this step's teacher labels into the running class shares, as one update (a no-op without
-        ``class_balance``)."""
+        """Fold this step's teacher labels into the running class shares (a no-op without ``class_balance``)."""
         if self.class_share is not None:
-            self.class_share.update(torch.cat([part.reshape(-1) for part in labels]))
+            self.class_share.update(self.global_step, *labels)
 
     def balanced(self, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor | None:
         """``weights`` times the class-balancing weights of ``labels``; ``weights`` itself when balancing is off."""
