@@ -56,7 +56,10 @@ def _cumulative_statistics(model: nn.Module) -> Iterator[None]:
 @torch.no_grad()
 def reestimate_batch_norm(model: nn.Module, images: Iterable[torch.Tensor]) -> int:
     """Replace every BatchNorm's running statistics by their average over ``images`` (batches); no weight
-    changes. Returns the number of batches seen."""
+    changes. Returns the number of batches seen.
+
+    Not ``torch.optim.swa_utils.update_bn``: that one runs ``model(x)`` in full training mode (dropout and
+    drop-path on) and never reaches the projection head, whose statistics it would leave reset."""
     batches = iter(images)
     first = next(batches, None)
     if first is None:  # checked before the reset: the old statistics stay
