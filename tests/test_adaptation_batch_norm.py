@@ -52,10 +52,10 @@ def test_no_batch_keeps_the_old_statistics():
     assert torch.equal(model.norm.running_mean, torch.full((2,), 5.0))
 
 
-@pytest.mark.parametrize("refresh, expected", [(1, 1), (None, 2)])
+@pytest.mark.parametrize("refresh, expected", [(1, 1), (None, 4)])
 def test_teach_refreshes_the_student_statistics_after_its_last_step(refresh, expected, data_toy_root, tmp_path):
-    """8 target-train images, evaluation batches of 4: one batch, or both. The count of batches the student's
-    BN layers tracked since their reset is what the refresh saw; the teacher keeps its own statistics."""
+    """8 target-train images, training batches of 2: one batch, or one pass (4). The count of batches the
+    student's BN layers tracked since their reset is what the refresh saw; the teacher keeps its own statistics."""
     run_dir = tmp_path / "run"
     cfg = stage_cfg("teach", data_toy_root, tmp_path, run_dir, "init_from=null", "trainer.max_steps=2",
                     "trainer.val_check_interval=2", f"stage.module.bn_refresh_batches={'null' if refresh is None else refresh}")
@@ -66,3 +66,28 @@ def test_teach_refreshes_the_student_statistics_after_its_last_step(refresh, exp
     teacher = [int(v) for k, v in state.items()
                if k.startswith("teacher.model.decode_head.") and k.endswith("num_batches_tracked")]
     assert teacher and all(v == 2 for v in teacher)  # its two train-mode passes of the weak batches, never reset
+
+
+def _student_bn_buffers(ckpt):
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items()
+            if k.startswith("student.") and k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_the_refresh_estimates_what_the_adabn_stage_estimates_from_the_same_weights(data_toy_root, tmp_path):
+    """Teach without the refresh, then the AdaBN stage on its checkpoint, gives the statistics that Teach with
+    the refresh ends with: one estimation, on the same images in the same order."""
+    common = ("init_from=null", "trainer.max_steps=2", "trainer.val_check_interval=2")
+    refreshed, plain, adabn = (tmp_path / name for name in ("refreshed", "plain", "adabn"))
+    for run_dir, refresh in ((refreshed, "null"), (plain, "0")):
+        cfg = stage_cfg("teach", data_toy_root, tmp_path, run_dir, *common, f"stage.module.bn_refresh_batches={refresh}")
+        assert run_stage(cfg, run_dir)["status"] == "complete"
+    cfg = stage_cfg("adabn", data_toy_root, tmp_path, adabn, f"init_from={plain / 'checkpoints' / 'final.ckpt'}")
+    assert run_stage(cfg, adabn)["status"] == "complete"
+    after_refresh = _student_bn_buffers(refreshed / "checkpoints" / "final.ckpt")
+    after_adabn = _student_bn_buffers(adabn / "checkpoints" / "final.ckpt")
+    before = _student_bn_buffers(plain / "checkpoints" / "final.ckpt")
+    assert after_refresh.keys() == after_adabn.keys() and after_refresh
+    assert any(not torch.equal(after_refresh[k], before[k]) for k in after_refresh)  # the refresh changed them
+    for key, value in after_refresh.items():
+        assert torch.allclose(value.float(), after_adabn[key].float(), rtol=1e-5, atol=1e-6), key

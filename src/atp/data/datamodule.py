@@ -17,6 +17,7 @@ samples into its stream, so resuming from a checkpoint continues the stream.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,11 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
                 "use val_batch_size=1 for datasets with mixed image sizes"
             )
     return default_collate(batch)
+
+
+def one_pass_batches(dataset_size: int, batch_size: int) -> int:
+    """Batches that cover every sample of a stream once (the last one may reach into the next epoch)."""
+    return math.ceil(dataset_size / batch_size)
 
 
 def labels_to_int64(batch: Any) -> Any:
@@ -216,6 +222,16 @@ class SegDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
             collate_fn=collate_samples,
         )
+
+    def statistics_loader(self) -> tuple[DataLoader, int]:
+        """The target-train stream as the AdaBN stage reads it (training crops, flips and batch size, the
+        seeded order from its start; a stage adds its strong augmentation on top) and its batches in one pass:
+        what BatchNorm statistics are re-estimated on. The training samplers are left untouched."""
+        dataset = self.dataset("target")
+        sampler = InfiniteStreamSampler(len(dataset), self.batch_size, self.seed, stream="target")
+        loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate_samples)
+        return loader, one_pass_batches(len(dataset), self.batch_size)
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
         streams = TRAIN_STREAMS[self.mode]

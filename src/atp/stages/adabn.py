@@ -8,13 +8,13 @@ LayerNorm, so the adapted layers are the decoder's and the projection head's Bat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from atp.adaptation import batch_norms, bn_estimation_mode, forward_for_statistics
+from atp.data.datamodule import one_pass_batches
 from atp.stages.base import SegStage
 
 
@@ -62,7 +62,7 @@ class AdaBNStage(SegStage):
     def on_train_start(self) -> None:
         if self.num_batches is None:  # one pass over the target-train images
             loader = self.trainer.train_dataloader
-            self.num_batches = math.ceil(len(loader.dataset) / loader.batch_size)
+            self.num_batches = one_pass_batches(len(loader.dataset), loader.batch_size)
         if self.global_step == 0:  # a new stage (not a resume): forget the source statistics
             for norm in batch_norms(self.student):
                 norm.reset_running_stats()

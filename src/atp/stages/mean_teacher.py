@@ -75,17 +75,18 @@ class MeanTeacherStage(SegStage):
             self.refresh_student_bn()
 
     def refresh_student_bn(self) -> int:
-        """[I] After the last step, the student's BatchNorm statistics re-estimated on un-augmented target-train
-        images (the evaluation pipeline), as AdaBN does for the source model. During the stage they were
-        tracked on strongly augmented (and mixed) crops, which evaluation never sees. Weights are unchanged;
-        the teacher keeps its own statistics. Returns the number of batches used."""
+        """[I] After the last step, the student's BatchNorm statistics re-estimated as the AdaBN stage
+        estimates them: the target-train stream without the strong augmentation (training crops and batch
+        size, one pass or ``bn_refresh_batches`` batches). During the stage they were tracked on strongly
+        augmented (and mixed) crops, which evaluation never sees. Weights are unchanged; the teacher keeps its
+        own statistics. Returns the number of batches used."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise RuntimeError("stage.module.bn_refresh_batches needs the ATP datamodule (its target-train images); "
                                "set it to 0 to train without one")
-        batches = (batch["img"].to(self.device) for batch in datamodule.predict_dataloader())
-        if self.bn_refresh_batches is not None:
-            batches = itertools.islice(batches, self.bn_refresh_batches)
+        loader, one_pass = datamodule.statistics_loader()
+        count = one_pass if self.bn_refresh_batches is None else self.bn_refresh_batches
+        batches = (batch["img"].to(self.device) for batch in itertools.islice(loader, count))
         return reestimate_batch_norm(self.student, batches)
 
     def update_teacher(self) -> None:
