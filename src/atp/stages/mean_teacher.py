@@ -79,7 +79,8 @@ class MeanTeacherStage(SegStage):
         estimates them: the target-train stream without the strong augmentation (training crops and batch
         size, one pass or ``bn_refresh_batches`` batches). During the stage they were tracked on strongly
         augmented (and mixed) crops, which evaluation never sees. Weights are unchanged; the teacher keeps its
-        own statistics. Returns the number of batches used."""
+        own statistics. Returns the number of batches used. Under DDP each rank estimates on its share of the
+        stream, as AdaBN does."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise RuntimeError("stage.module.bn_refresh_batches needs the ATP datamodule (its target-train images); "
