@@ -194,13 +194,10 @@ class SegDataModule(pl.LightningDataModule):
             return int(trainer.global_step) * self.batch_size
         return self._restored_positions.get(stream, 0)
 
-    def _train_loader(self, stream: str) -> DataLoader:
+    def _stream_loader(self, stream: str, start: int) -> DataLoader:
+        """A seeded, endless loader over ``stream`` from sample ``start`` (its sampler is ``loader.sampler``)."""
         dataset = self.dataset(stream)
-        start = self._stream_start(stream)
         sampler = InfiniteStreamSampler(len(dataset), self.batch_size, self.seed, start=start, stream=stream)
-        self._samplers[stream] = sampler
-        if start:
-            log.info("%s stream resumes %d samples in (seed %d)", stream, start, self.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -211,6 +208,14 @@ class SegDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
             collate_fn=collate_samples,
         )
+
+    def _train_loader(self, stream: str) -> DataLoader:
+        start = self._stream_start(stream)
+        loader = self._stream_loader(stream, start)
+        self._samplers[stream] = loader.sampler
+        if start:
+            log.info("%s stream resumes %d samples in (seed %d)", stream, start, self.seed)
+        return loader
 
     def _eval_loader(self, stream: str) -> DataLoader:
         return DataLoader(
@@ -227,11 +232,8 @@ class SegDataModule(pl.LightningDataModule):
         """The target-train stream as the AdaBN stage reads it (training crops, flips and batch size, the
         seeded order from its start; a stage adds its strong augmentation on top) and its batches in one pass:
         what BatchNorm statistics are re-estimated on. The training samplers are left untouched."""
-        dataset = self.dataset("target")
-        sampler = InfiniteStreamSampler(len(dataset), self.batch_size, self.seed, stream="target")
-        loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate_samples)
-        return loader, one_pass_batches(len(dataset), self.batch_size)
+        loader = self._stream_loader("target", start=0)
+        return loader, one_pass_batches(len(loader.dataset), self.batch_size)
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
         streams = TRAIN_STREAMS[self.mode]
