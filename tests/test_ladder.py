@@ -351,6 +351,41 @@ def test_interrupted_ladder_stops_its_running_job(tmp_path, monkeypatch):
     assert marker.read_text() == "x"  # the job got SIGTERM and was waited for, not orphaned
 
 
+def test_progress_eta_counts_only_the_steps_still_to_train(tmp_path, monkeypatch):
+    import io
+    import json
+    from types import SimpleNamespace
+
+    from atp.ladder import jobs
+    from atp.ladder.plan import Step
+
+    def step(name: str, finished: bool) -> Step:
+        run_dir = tmp_path / name
+        if finished:
+            (run_dir / "checkpoints").mkdir(parents=True)
+            (run_dir / "checkpoints" / "final.ckpt").write_bytes(b"x")
+            (run_dir / "manifest.json").write_text(
+                json.dumps({"status": "complete", "final_ckpt": "checkpoints/final.ckpt"}))
+        return Step("toy", 76, name, run_dir)
+
+    # a resumed ladder: two of five steps finished earlier; the first job's step ends before they are skipped
+    steps = [step("a", False), step("b", True), step("c", True), step("d", False), step("e", False)]
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(jobs, "time", SimpleNamespace(time=lambda: clock.now, strftime=lambda _: "00:00:00"))
+    out = io.StringIO()
+    progress = jobs.Progress(steps, stream=out, started=clock.now)
+    clock.now += 100.0
+    progress.report(steps[0], "done", 100.0)
+    # 100 s per trained step, two still to train (d, e); the finished b and c will only be skipped
+    assert progress.eta() == pytest.approx(200.0)
+    assert out.getvalue().rstrip().endswith("ETA 3m 20s")
+    progress.report(steps[1], "skipped")
+    progress.report(steps[2], "skipped")
+    assert progress.eta() == pytest.approx(200.0)  # skipping takes no time and changes nothing
+    progress.report(steps[3], "failed", 5.0)
+    assert progress.eta() == pytest.approx(100.0)  # one left: e
+
+
 def test_chain_stage_without_a_predecessor_in_the_chain_starts_from_the_jobs_init_from(tmp_path):
     from atp.train import chain_init
 

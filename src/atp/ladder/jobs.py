@@ -42,13 +42,18 @@ class Progress:
     """Prints ``time [finished/N] family seed step status elapsed`` lines, counts the outcomes, estimates the rest.
 
     One line per event, each complete in itself, so the lines of concurrent jobs interleave readably.
-    The ETA extrapolates the wall time per step trained in this invocation to the steps still to come.
+    The ETA extrapolates the wall time per step trained in this invocation to the steps still to train;
+    steps that had finished before it started are not counted, as they will only be skipped.
     """
 
     steps: list[Step]
     stream: TextIO | None = None
     counts: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    to_train: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.to_train = sum(step.manifest() is None for step in self.steps)
 
     def report(self, step: Step, status: str, elapsed: float | None = None, note: str = "") -> None:
         if status != "running":
@@ -66,7 +71,8 @@ class Progress:
     def eta(self) -> float | None:
         """Seconds until the last step, at the mean wall time per step trained so far; None before the first."""
         trained = self.counts.get("done", 0)
-        remaining = len(self.steps) - sum(self.counts.values())
+        ended = trained + self.counts.get("failed", 0) + self.counts.get("not run", 0)
+        remaining = max(0, self.to_train - ended)
         return (time.time() - self.started) / trained * remaining if trained else None
 
     def say(self, text: str) -> None:
