@@ -47,6 +47,29 @@ def test_check_reports_each_fault(data_fixture_copy, capsys):
     assert f"{root / 'acdc/rgb_anon/night/val'}: ACDC folder is missing (fix: download" in err
 
 
+def test_check_reports_the_test_split_as_a_warning_only(data_fixture_copy, data_compose, capsys):
+    from tests.data_trees import write_test_splits
+
+    root = data_fixture_copy
+    test_dir = root / "cityscapes/leftImg8bit/test"
+    assert not test_dir.exists()  # the fixture has no test split: the export needs it, training does not
+    assert check.main(["dataset=gta2cs", f"paths.data_dir={root}", *QUIET]) == 0
+    out = capsys.readouterr().out
+    assert "target_test" in out and "OK: 0 error(s)" in out
+    assert any(f"warning: {test_dir}" in line and "only the benchmark-server export" in line
+               for line in out.splitlines())
+    cfg = data_compose("gta2cs", root)
+    assert not any("target_test" in p.message for p in check_dataset(cfg))  # training never looks at it
+
+    write_test_splits(root)
+    broken = next(test_dir.glob("*/*.png"))
+    broken.write_bytes(b"broken")
+    assert check.main(["dataset=gta2cs", f"paths.data_dir={root}", *QUIET]) == 0
+    out = capsys.readouterr().out
+    assert any(f"warning: {broken}" in line and "cannot be decoded" in line for line in out.splitlines())
+    assert not any(f"warning: {test_dir}:" in line for line in out.splitlines())  # the folder is there now
+
+
 def test_check_function_shallow_and_deep(data_fixture_copy, data_compose):
     root = data_fixture_copy
     cfg = data_compose("gta2cs", root)

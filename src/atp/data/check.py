@@ -3,8 +3,10 @@
 Checks every entry of a dataset config (source, target, target_val): folders present, image counts
 against the published sizes (a warning only), every labelled image paired with its label, and —
 with ``deep=true`` (the CLI default) — every image and label decodable and every label value in
-its table. Exits 0 with a summary table, else 1 with one line per problem naming the path and
-the fix. Training calls :func:`check_dataset` (``deep=False``) first to fail early.
+its table. The unlabelled ``target_test`` split, which only the benchmark-server export reads, is
+checked too, its problems reported as warnings. Exits 0 with a summary table, else 1 with one line
+per problem naming the path and the fix. Training calls :func:`check_dataset` (``deep=False``)
+first to fail early.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from atp.data.config import ROLES, as_config, compose_cli, instantiate_entry
 from atp.data.conversion import FileIssue, run_jobs, verify_sample
 from atp.errors import DataFileError, DatasetCheckError
+
+# Entries only some commands read, checked on request: their problems are warnings, never errors.
+OPTIONAL_ROLES: dict[str, str] = {"target_test": "only the benchmark-server export (atp.evaluate export=...) reads it"}
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,14 @@ def check_dataset(
     progress: bool = False,
     generate_if_missing: bool = True,
     summary: list[EntrySummary] | None = None,
+    optional: bool = False,
 ) -> list[Problem]:
     """Problems (errors and warnings) of the data a ``dataset`` config points at.
 
     ``deep`` decodes every file (slow on full datasets); otherwise only the layout, counts and
     pairing are checked. Toy data are generated first when the config says so. Rows for a summary
-    table are appended to ``summary`` when given.
+    table are appended to ``summary`` when given. With ``optional``, the entries of
+    :data:`OPTIONAL_ROLES` the config has are checked as well, their problems downgraded to warnings.
     """
     from atp.data.toy import ensure_toy_data
 
@@ -75,6 +82,13 @@ def check_dataset(
     for role, labelled in ROLES.items():
         if role in cfg:
             problems += _check_entry(cfg, role, labelled, deep, num_workers, progress, summary)
+    for role, why in OPTIONAL_ROLES.items():
+        if optional and cfg.get(role) is not None:
+            rows: list[EntrySummary] = []
+            found = _check_entry(cfg, role, False, deep, num_workers, progress, rows)
+            problems += [Problem(p.path, f"{p.message} ({role}: {why})", p.fix, "warning") for p in found]
+            if summary is not None:
+                summary += [replace(row, errors=0) for row in rows]
     return problems
 
 
@@ -199,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_workers=int(cfg.num_workers),
         progress=bool(cfg.progress),
         summary=rows,
+        optional=True,
     )
     _print_summary(rows, cfg.dataset.name)
     for problem in problems:
