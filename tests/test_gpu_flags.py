@@ -48,9 +48,16 @@ def test_channels_last_matches_default_layout(images):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_torch_compile_matches_eager(images):
+def test_torch_compile_matches_eager(images, tmp_path, monkeypatch):
     if shutil.which("gcc") is None and shutil.which("cc") is None:
         pytest.skip("torch.compile's CPU backend needs a C compiler (no gcc/cc on PATH)")
+    # inductor's kernels and its precompiled header (a new ~160 MB .gch per clone) go to the test's folder,
+    # not /tmp/torchinductor_<user>; the header folder is fixed at import, so it is patched (when it exists)
+    from torch._inductor import codecache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(codecache, "_HEADER_DIR", str(tmp_path / "headers"), raising=False)
+    monkeypatch.setattr(codecache, "_HEADER_LOCK_DIR", str(tmp_path / "headers" / "locks"), raising=False)
     model = tiny_segmentor()
     with torch.no_grad():
         reference = model(images)
