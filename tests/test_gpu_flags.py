@@ -51,15 +51,13 @@ def test_channels_last_matches_default_layout(images):
 def test_torch_compile_matches_eager(images, tmp_path, monkeypatch):
     if shutil.which("gcc") is None and shutil.which("cc") is None:
         pytest.skip("torch.compile's CPU backend needs a C compiler (no gcc/cc on PATH)")
-    # inductor's kernels and its precompiled header (a new ~160 MB .gch per clone) go to the test's folder,
-    # not /tmp/torchinductor_<user>; the header folder is fixed at import, so it is patched (when it exists)
-    from torch._inductor import codecache
+    # nothing left in /tmp/torchinductor_<user>: the kernels go to the test's folder, and the ~160 MB
+    # precompiled header (a new one per clone, in a folder the cache variable does not move) is not built
+    import torch._inductor.config as inductor_config
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(codecache, "_HEADER_DIR", str(tmp_path / "headers"), raising=False)
-    monkeypatch.setattr(codecache, "_HEADER_LOCK_DIR", str(tmp_path / "headers" / "locks"), raising=False)
     model = tiny_segmentor()
-    with torch.no_grad():
+    with torch.no_grad(), inductor_config.patch(cpp_cache_precompile_headers=False):
         reference = model(images)
         compiled = torch.compile(model)
         out = compiled(images)
