@@ -17,12 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from atp.data.config import ROLES, as_config, compose_cli, instantiate_entry
+from atp.data.config import OPTIONAL_ROLES, ROLES, as_config, compose_cli, instantiate_entry
 from atp.data.conversion import FileIssue, run_jobs, verify_sample
 from atp.errors import DataFileError, DatasetCheckError
-
-# Entries only some commands read, checked on request: their problems are warnings, never errors.
-OPTIONAL_ROLES: dict[str, str] = {"target_test": "only the benchmark-server export (atp.evaluate export=...) reads it"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,7 @@ def check_dataset(
     ``deep`` decodes every file (slow on full datasets); otherwise only the layout, counts and
     pairing are checked. Toy data are generated first when the config says so. Rows for a summary
     table are appended to ``summary`` when given. With ``optional``, the entries of
-    :data:`OPTIONAL_ROLES` the config has are checked as well, their problems downgraded to warnings.
+    :data:`~atp.data.config.OPTIONAL_ROLES` the config has are checked as well, their problems as warnings.
     """
     from atp.data.toy import ensure_toy_data
 
@@ -82,30 +79,38 @@ def check_dataset(
     for role, labelled in ROLES.items():
         if role in cfg:
             problems += _check_entry(cfg, role, labelled, deep, num_workers, progress, summary)
-    for role, why in OPTIONAL_ROLES.items():
+    for role, reader in OPTIONAL_ROLES.items():
         if optional and cfg.get(role) is not None:
-            rows: list[EntrySummary] = []
-            found = _check_entry(cfg, role, False, deep, num_workers, progress, rows)
-            problems += [Problem(p.path, f"{p.message} ({role}: {why})", p.fix, "warning") for p in found]
-            if summary is not None:
-                summary += [replace(row, errors=0) for row in rows]
+            problems += _check_entry(cfg, role, False, deep, num_workers, progress, summary, reader)
     return problems
 
 
-def _check_entry(cfg, role, labelled, deep, num_workers, progress, summary) -> list[Problem]:
+def _check_entry(cfg, role, labelled, deep, num_workers, progress, summary, optional_for=None) -> list[Problem]:
+    """The entry's problems and its summary row; with ``optional_for`` (the one command that reads the
+    entry) every problem is a warning that names that command."""
     dataset = instantiate_entry(cfg, role, labelled=False, pipeline="eval")
     generated = bool(cfg.get("generate_if_missing", False))  # toy data: published sizes do not apply
     expected = None if generated else dataset.expected_count()
     row = EntrySummary(role, dataset.display_name, str(dataset.root), dataset.split, None, expected, labelled)
     if summary is not None:
         summary.append(row)
+    problems = _entry_problems(dataset, role, labelled, deep, num_workers, progress, row)
+    if optional_for is not None:
+        problems = [replace(p, message=f"{p.message} ({role}: only {optional_for} reads it)", severity="warning")
+                    for p in problems]
+    row.errors = sum(p.severity == "error" for p in problems)
+    return problems
+
+
+def _entry_problems(dataset, role, labelled, deep, num_workers, progress, row) -> list[Problem]:
+    """Layout, counts, pairing and (``deep``) every file of one entry; fills the row's image count."""
+    expected = row.expected
     fetch = dataset.fetch_fix()
     converts = functools.cache(lambda: bool(dataset.label_conversions()))  # lists the label folder: once
     layout = dataset.inspect_layout(labelled)
     row.images = None if layout.samples is None else len(layout.samples)
     layout_problems = [Problem.from_error(err) for err in layout.errors]
     if not layout.samples:  # a folder is missing or the split has no images: nothing more to check
-        row.errors = len(layout_problems)
         return layout_problems
     samples = layout.samples
     problems: list[Problem] = []
@@ -143,7 +148,6 @@ def _check_entry(cfg, role, labelled, deep, num_workers, progress, summary) -> l
         desc = f"{role}: {dataset.display_name} {dataset.split}"
         for issues in run_jobs(verify_sample, jobs, num_workers, desc, progress):
             problems += [_problem_for(issue, dataset, fetch, converts) for issue in issues]
-    row.errors = sum(p.severity == "error" for p in problems)
     return problems
 
 

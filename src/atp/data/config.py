@@ -11,6 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 #: Dataset entries of a ``dataset`` config and whether their labels are part of the role.
 ROLES: dict[str, bool] = {"source": True, "target": False, "target_val": True}
+#: Unlabelled entries that only one command reads, and which command: training does without them.
+OPTIONAL_ROLES: dict[str, str] = {"target_test": "the benchmark-server export (atp.evaluate export=...)"}
 
 
 def as_config(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
