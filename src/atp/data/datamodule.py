@@ -51,9 +51,10 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return default_collate(batch)
 
 
-def one_pass_batches(dataset_size: int, batch_size: int) -> int:
-    """Batches that cover every sample of a stream once (the last one may reach into the next epoch)."""
-    return math.ceil(dataset_size / batch_size)
+def one_pass_batches(loader: DataLoader) -> int:
+    """Batches of ``loader`` that cover every sample of its dataset once (the last one may reach into the
+    next epoch); ``len(loader)`` would ask the endless stream sampler."""
+    return math.ceil(len(loader.dataset) / loader.batch_size)
 
 
 def labels_to_int64(batch: Any) -> Any:
@@ -228,12 +229,11 @@ class SegDataModule(pl.LightningDataModule):
             collate_fn=collate_samples,
         )
 
-    def statistics_loader(self) -> tuple[DataLoader, int]:
+    def statistics_loader(self) -> DataLoader:
         """The target-train stream as the AdaBN stage reads it (training crops, flips and batch size, the
-        seeded order from its start; a stage adds its strong augmentation on top) and its batches in one pass:
-        what BatchNorm statistics are re-estimated on. The training samplers are left untouched."""
-        loader = self._stream_loader("target", start=0)
-        return loader, one_pass_batches(len(loader.dataset), self.batch_size)
+        seeded order from its start; a stage adds its strong augmentation on top): what BatchNorm statistics
+        are re-estimated on. The training samplers are left untouched."""
+        return self._stream_loader("target", start=0)
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
         streams = TRAIN_STREAMS[self.mode]

@@ -61,8 +61,7 @@ class AdaBNStage(SegStage):
 
     def on_train_start(self) -> None:
         if self.num_batches is None:  # one pass over the target-train images
-            loader = self.trainer.train_dataloader
-            self.num_batches = one_pass_batches(len(loader.dataset), loader.batch_size)
+            self.num_batches = one_pass_batches(self.trainer.train_dataloader)
         if self.global_step == 0:  # a new stage (not a resume): forget the source statistics
             for norm in batch_norms(self.student):
                 norm.reset_running_stats()

@@ -17,6 +17,7 @@ from atp.adaptation import (
     pseudo_labels_from_logits,
     reestimate_batch_norm,
 )
+from atp.data.datamodule import one_pass_batches
 from atp.data.labels import IGNORE_INDEX
 from atp.stages.base import SegStage, _plain
 
@@ -85,8 +86,8 @@ class MeanTeacherStage(SegStage):
         if datamodule is None:
             raise RuntimeError("stage.module.bn_refresh_batches needs the ATP datamodule (its target-train images); "
                                "set it to 0 to train without one")
-        loader, one_pass = datamodule.statistics_loader()
-        count = one_pass if self.bn_refresh_batches is None else self.bn_refresh_batches
+        loader = datamodule.statistics_loader()
+        count = one_pass_batches(loader) if self.bn_refresh_batches is None else self.bn_refresh_batches
         batches = (batch["img"].to(self.device) for batch in itertools.islice(loader, count))
         return reestimate_batch_norm(self.student, batches)
 
