@@ -75,3 +75,31 @@ def test_gaussian_blur_kernel_and_behaviour():
     blurred = gaussian_blur(impulse, 0.8)
     assert blurred.sum().item() == pytest.approx(1.0, rel=1e-5)
     assert blurred[0, 0, 15, 15] < 1 and torch.allclose(blurred, blurred.flip(-1).roll(1, -1))
+
+
+def test_hue_strength_zero_keeps_every_hue_and_the_other_factors():
+    # unit values in [0.4, 0.6]: brightness ±0.2, contrast and saturation ×[0.8, 1.2] never clip, so only
+    # the hue step can move a pixel's hue
+    unit = 0.4 + 0.2 * torch.rand(4, 3, 12, 16, generator=torch.Generator().manual_seed(3))
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    images = (unit * 255 - mean) / std
+
+    def hue_and_saturation(normalised):
+        hsv = rgb_to_hsv((normalised * std + mean) / 255)
+        return hsv[:, 0], hsv[:, 1]
+
+    def jittered(**kwargs):
+        aug = StrongAugment(MEAN, STD, jitter_strength=0.2, blur_p=0.0, **kwargs)
+        return aug.apply(images, AugParams(jitter=True, blur=False), torch.Generator().manual_seed(9))
+
+    hue, saturation = hue_and_saturation(images)
+    coloured = saturation > 0.05  # hue is ill-defined on grey pixels
+    def hue_change(augmented):  # radians, absolute, the short way round
+        return (torch.remainder(hue_and_saturation(augmented)[0] - hue + torch.pi, 2 * torch.pi) - torch.pi).abs()
+
+    kept, turned = jittered(hue_strength=0.0), jittered()
+    assert hue_change(kept)[coloured].max() < 1e-3
+    turned_change = hue_change(turned)
+    turned_by = torch.stack([turned_change[i][coloured[i]].median() for i in range(4)])
+    assert (turned_by > 0.01).all() and turned_by.max() > 0.5  # every image turned, one by over 0.5 rad
+    assert not torch.allclose(kept, images, atol=1e-2)  # brightness, contrast, saturation still applied

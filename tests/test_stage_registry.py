@@ -92,3 +92,34 @@ def test_run_layer_options_and_missing_ones_are_refused(tmp_path):
 def test_check_returns_the_class_without_resolving_values(tmp_path):
     cfg = stage_cfg("propagate", tmp_path, tmp_path, tmp_path / "run")
     assert check_stage_options(cfg.stage) is get_stage("propagate")
+
+
+class _Seen(Exception):
+    """Raised by the spy network once it has recorded its input."""
+
+
+@pytest.mark.parametrize("strong_aug", [None, {"jitter_strength": 0.3, "jitter_p": 1.0, "blur_p": 0.0}])
+def test_source_stage_trains_on_strongly_augmented_crops_only_when_asked(strong_aug, tmp_path):
+    from atp.adaptation import StrongAugment
+    from atp.data.transforms import MEAN, STD
+
+    extra = [] if strong_aug is None else [
+        "stage.module.strong_aug={" + ",".join(f"{k}:{v}" for k, v in strong_aug.items()) + "}"]
+    cfg = stage_cfg("source", tmp_path, tmp_path, tmp_path / "run", "seed=3", *extra)
+    module = build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=19, seed=3)
+    seen = []
+
+    def spy(images):
+        seen.append(images)
+        raise _Seen
+
+    module.begin_step = lambda: None
+    module.student.forward = spy
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(_Seen):
+        module.training_step({"img": images, "label": torch.zeros(2, 32, 32, dtype=torch.long)}, 0)
+    if strong_aug is None:
+        assert seen[0] is images
+    else:  # step 0 of seed 3: the stage's per-step generator
+        expected = StrongAugment(MEAN, STD, **strong_aug)(images, torch.Generator().manual_seed(3 * 1_000_003))
+        assert torch.equal(seen[0], expected) and not torch.allclose(seen[0], images, atol=1e-2)

@@ -46,6 +46,7 @@ class StrongAugment:
         blur_p: float = 0.5,
         blur_sigma: tuple[float, float] = (0.15, 1.15),
         kernel_frac: float = 0.1,
+        hue_strength: float | None = None,
     ) -> None:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -54,6 +55,8 @@ class StrongAugment:
         self.blur_p = blur_p
         self.blur_sigma = blur_sigma
         self.kernel_frac = kernel_frac
+        # [I] the hue range on its own (None: jitter_strength, as DACS/kornia); 0 keeps every hue
+        self.hue_strength = jitter_strength if hue_strength is None else hue_strength
 
     def draw(self, generator: torch.Generator | None = None) -> AugParams:
         """Draw u, v ~ U(0, 1) (in that order): jitter if u > 1 − jitter_p, blur if v > 1 − blur_p."""
@@ -71,12 +74,11 @@ class StrongAugment:
             return images
         out = images.float()
         if params.jitter:
-            s = self.jitter_strength
+            s, h = self.jitter_strength, self.hue_strength
             batch = images.shape[0]
-            # Per image: brightness, contrast, saturation factors in [1 − s, 1 + s], hue in [−s, s].
-            factors = torch.rand(batch, 4, generator=generator) * (2 * s) + torch.tensor(
-                [1 - s, 1 - s, 1 - s, -s]
-            )
+            # Per image: brightness, contrast, saturation factors in [1 − s, 1 + s], hue in [−h, h].
+            ranges = torch.tensor([2 * s, 2 * s, 2 * s, 2 * h])
+            factors = torch.rand(batch, 4, generator=generator) * ranges + torch.tensor([1 - s, 1 - s, 1 - s, -h])
             order = torch.randperm(4, generator=generator).tolist()
             # One small host-to-device copy of factors, mean and std.
             packed = to_device(

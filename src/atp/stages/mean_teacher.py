@@ -19,10 +19,8 @@ from atp.adaptation import (
 )
 from atp.data.datamodule import one_pass_batches
 from atp.data.labels import IGNORE_INDEX
+from atp.data.transforms import MEAN, STD
 from atp.stages.base import SegStage, _plain
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 class PseudoLabels(NamedTuple):
@@ -63,7 +61,7 @@ class MeanTeacherStage(SegStage):
         self.ema_alpha = ema_alpha
         self.conf_threshold = conf_threshold
         aug = dict(_plain(strong_aug) or {})
-        self.strong_aug = StrongAugment(mean=IMAGENET_MEAN, std=IMAGENET_STD, **aug)
+        self.strong_aug = StrongAugment(mean=MEAN, std=STD, **aug)
         self.crop_cfg = dict(_plain(crop) or {"size": None})
 
     def on_train_start(self) -> None:

@@ -5,14 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 
+from atp.adaptation import StrongAugment
 from atp.data.labels import IGNORE_INDEX
-from atp.stages.base import SegStage
+from atp.data.transforms import MEAN, STD
+from atp.stages.base import SegStage, _plain
 
 
 class SourceStage(SegStage):
-    """Plain CE (no negative term) on labelled source crops; validation on target val."""
+    """Plain CE (no negative term) on labelled source crops; validation on target val.
+
+    ``strong_aug`` ([I], default None = the spec's source recipe, no photometric augmentation): the
+    adaptation stages' colour jitter and blur (:class:`~atp.adaptation.StrongAugment`, its arguments)
+    on the source crops.
+    """
 
     stage_name = "source"
     predecessors = ()
@@ -20,9 +28,16 @@ class SourceStage(SegStage):
     default_init = None  # ImageNet encoder from model.imagenet_init when given, else random
     chain_position = 0
 
+    def __init__(self, model: torch.nn.Module, strong_aug: Mapping | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        aug = _plain(strong_aug)
+        self.strong_aug = None if aug is None else StrongAugment(mean=MEAN, std=STD, **dict(aug))
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self.begin_step()
         images, labels = batch["img"], batch["label"]
+        if self.strong_aug is not None:
+            images = self.strong_aug(images, self.step_generator("cpu"))
         logits = self.upsample(self.student(images), labels.shape[-2:])
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         self.manual_backward(loss)
