@@ -107,6 +107,8 @@ def test_source_stage_trains_on_strongly_augmented_crops_only_when_asked(strong_
         "stage.module.strong_aug={" + ",".join(f"{k}:{v}" for k, v in strong_aug.items()) + "}"]
     cfg = stage_cfg("source", tmp_path, tmp_path, tmp_path / "run", "seed=3", *extra)
     module = build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=19, seed=3)
+    assert module.hparams["strong_aug"] == strong_aug  # a plain value: checkpoints load with weights_only=True
+    assert strong_aug is None or type(module.hparams["strong_aug"]) is dict
     seen = []
 
     def spy(images):
