@@ -94,6 +94,7 @@ def test_hue_strength_zero_keeps_every_hue_and_the_other_factors():
 
     hue, saturation = hue_and_saturation(images)
     coloured = saturation > 0.05  # hue is ill-defined on grey pixels
+
     def hue_change(augmented):  # radians, absolute, the short way round
         return (torch.remainder(hue_and_saturation(augmented)[0] - hue + torch.pi, 2 * torch.pi) - torch.pi).abs()
 

@@ -57,6 +57,10 @@ class StrongAugment:
         self.kernel_frac = kernel_frac
         # [I] the hue range on its own (None: jitter_strength, as DACS/kornia); 0 keeps every hue
         self.hue_strength = jitter_strength if hue_strength is None else hue_strength
+        # per-image factors = low + U(0, 1) · span: brightness, contrast, saturation in [1 − s, 1 + s], hue [−h, h]
+        s, h = jitter_strength, self.hue_strength
+        self._factor_span = torch.tensor([2 * s, 2 * s, 2 * s, 2 * h])
+        self._factor_low = torch.tensor([1 - s, 1 - s, 1 - s, -h])
 
     def draw(self, generator: torch.Generator | None = None) -> AugParams:
         """Draw u, v ~ U(0, 1) (in that order): jitter if u > 1 − jitter_p, blur if v > 1 − blur_p."""
@@ -74,11 +78,8 @@ class StrongAugment:
             return images
         out = images.float()
         if params.jitter:
-            s, h = self.jitter_strength, self.hue_strength
             batch = images.shape[0]
-            # Per image: brightness, contrast, saturation factors in [1 − s, 1 + s], hue in [−h, h].
-            ranges = torch.tensor([2 * s, 2 * s, 2 * s, 2 * h])
-            factors = torch.rand(batch, 4, generator=generator) * ranges + torch.tensor([1 - s, 1 - s, 1 - s, -h])
+            factors = torch.rand(batch, 4, generator=generator) * self._factor_span + self._factor_low
             order = torch.randperm(4, generator=generator).tolist()
             # One small host-to-device copy of factors, mean and std.
             packed = to_device(
