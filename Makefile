@@ -16,10 +16,17 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 install: $(STAMP)
 
 # Re-running any target on an existing .venv reinstalls nothing: the stamp is newer than pyproject.toml.
+# A new .venv takes about 6.2 GB (the CUDA build of torch alone 5.8 GB, measured 2026-11-29); pip keeps no
+# cache copy of the wheels (--no-cache-dir), so that is also the peak. Too little disk stops here, named.
+VENV_NEEDS_GB ?= 7
 $(STAMP): pyproject.toml
+	@test -x $(PY) || { mkdir -p $(VENV) && free_gb=$$(df -Pk $(VENV) | awk 'NR==2 {print int($$4 / 1048576)}') && \
+	  if [ "$$free_gb" -lt $(VENV_NEEDS_GB) ]; then \
+	    echo "make: $(VENV) needs about $(VENV_NEEDS_GB) GB of free disk; its file system has $$free_gb GB." \
+	      "Free space there, or put the environment on a larger disk: make VENV=/path/to/venv ..." >&2; exit 1; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[dev,slurm]'
+	$(PY) -m pip install --quiet --no-cache-dir $(TORCH_PINS)
+	$(PY) -m pip install --quiet --no-cache-dir -e '.[dev,slurm]'
 	touch $(STAMP)
 
 test: $(STAMP)
