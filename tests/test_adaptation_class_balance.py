@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from atp.adaptation import ClassShare
 from atp.run import run_stage
@@ -69,4 +72,82 @@ def test_stage_keeps_the_running_share_in_its_checkpoint(stage, data_toy_root, t
                     "trainer.val_check_interval=1", *extra)
     run_stage(cfg, run_dir)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert not any(key.startswith("class_share.") for key in state)
+    assert not any(key.startswith(("class_share.", "class_prior")) for key in state)
+
+
+def test_prior_correction_moves_each_logit_by_the_log_of_its_over_prediction():
+    share = ClassShare(3, power=0.0)
+    share.share.copy_(torch.tensor([0.5, 0.25, 0.25]))
+    prior = torch.tensor([0.25, 0.25, 0.5])  # class 0 labelled twice its prior, class 2 half of it
+    logits = torch.zeros(2, 3, 4, 5)
+    corrected = share.prior_corrected(logits, prior, strength=0.5)
+    expected = torch.tensor([-0.5 * math.log(2), 0.0, 0.5 * math.log(2)]).view(1, 3, 1, 1).expand_as(logits)
+    assert torch.allclose(corrected, expected)
+    flat = share.prior_corrected(torch.zeros(7, 3), prior, strength=1.0)  # (N, C) logits too
+    assert torch.allclose(flat[0], torch.tensor([-math.log(2), 0.0, math.log(2)]))
+
+
+def test_source_class_share_from_a_list_and_from_the_stats_file_prepare_writes(data_toy_root, tmp_path):
+    import shutil
+
+    import numpy as np
+    from cityscapesscripts.helpers.labels import id2label
+    from PIL import Image
+
+    from atp.data.prepare import prepare_dataset, source_class_share
+    from atp.errors import UserError
+
+    assert source_class_share([2, 1, 1], 3) == [0.5, 0.25, 0.25]
+    root = tmp_path / "data"
+    shutil.copytree(data_toy_root / "toy", root / "toy")  # prepare writes beside the labels
+    dataset = stage_cfg("teach", root, tmp_path, tmp_path / "run").dataset
+    prepare_dataset(dataset, num_workers=1, progress=False)
+    share = source_class_share(root / "toy" / "gta" / "sample_class_stats.json", 19)
+    # independently: the raw GTA-style label ids through the Cityscapes table
+    lut = np.full(256, 255, dtype=np.int64)
+    for label_id, label in id2label.items():
+        if 0 <= label_id < 256 and 0 <= label.trainId < 19:
+            lut[label_id] = label.trainId
+    counts = np.zeros(256, dtype=np.int64)
+    for path in sorted((root / "toy" / "gta" / "labels").glob("[0-9]*.png")):
+        if "_labelTrainIds" not in path.name:
+            counts += np.bincount(lut[np.asarray(Image.open(path))].ravel(), minlength=256)
+    assert np.allclose(share, counts[:19] / counts[:19].sum())
+    for bad, words in ((None, "is not set"), ([1.0] * 18, "19 non-negative"), (tmp_path / "none.json", "none.json")):
+        with pytest.raises(UserError, match=words):
+            source_class_share(bad, 19)
+
+
+def test_stage_labels_with_the_corrected_logits_and_keeps_its_ce_unweighted(tmp_path):
+    from atp.stages import build_stage_module
+
+    prior = [0.25, 0.25, 0.5] + [0.0] * 16
+    cfg = stage_cfg("teach", tmp_path, tmp_path, tmp_path / "run",
+                    "stage.module.prior_correction.strength=1.0",
+                    "stage.module.prior_correction.prior=[" + ",".join(map(str, prior)) + "]")
+    module = build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=19, seed=0)
+    assert module.class_share.power == 0  # tracked for the correction; the paper's unweighted CE stays
+    labels = torch.tensor([[0, 1], [2, 255]])
+    assert module.balanced(labels) is None
+    module.class_share.share.copy_(torch.tensor([0.5, 0.25, 0.25] + [0.0] * 16))
+    logits = torch.full((1, 19, 1, 3), -20.0)
+    logits[0, :3, 0, 0] = torch.tensor([0.6, 0.0, 0.0])  # class 0 wins by 0.6 < log 2: corrected, class 2 wins
+    logits[0, :3, 0, 1] = torch.tensor([1.5, 0.0, 0.0])  # by 1.5 > 2 log 2 (class 0 -log 2, 2 +log 2): kept
+    logits[0, :3, 0, 2] = torch.tensor([0.0, 0.5, 0.0])  # class 1 at its prior; class 2 gains log 2 > 0.5
+    corrected, _, _, _ = module._labels_of(logits, (1, 3), keep_probs=False)
+    assert corrected.tolist() == [[[2, 0, 2]]]
+    module.prior_strength = 0.0
+    assert module._labels_of(logits, (1, 3), keep_probs=False)[0].tolist() == [[[0, 0, 1]]]
+
+
+@pytest.mark.parametrize(("option", "words"), [("strength=-1", "strength must be >= 0"),
+                                               ("stregth=1", "takes strength and prior"),
+                                               ("strength=1", "prior is not set")])
+def test_bad_prior_correction_is_refused_naming_the_key(option, words, tmp_path):
+    from atp.errors import UserError
+    from atp.stages import build_stage_module
+
+    cfg = stage_cfg("propagate", tmp_path, tmp_path, tmp_path / "run", f"+stage.module.prior_correction.{option}"
+                    if option.startswith("stregth") else f"stage.module.prior_correction.{option}")
+    with pytest.raises((ValueError, UserError), match=words):
+        build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=19, seed=0)

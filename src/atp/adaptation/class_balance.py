@@ -1,4 +1,5 @@
-"""Class-balanced pseudo-label weights from the running class shares of the teacher's labels [I]."""
+"""Class-balanced pseudo-label weights, and prior-corrected teacher logits, from the running class shares of
+the teacher's labels [I]."""
 
 from __future__ import annotations
 
@@ -46,3 +47,16 @@ class ClassShare(torch.nn.Module):
         weights = per_class[labels.long().clamp(0, self.num_classes - 1)] * valid
         mean = weights.sum() / valid.sum().clamp_min(1)
         return weights / mean.clamp_min(torch.finfo(weights.dtype).tiny)
+
+    def prior_corrected(self, logits: torch.Tensor, prior: torch.Tensor, strength: float) -> torch.Tensor:
+        """``logits − strength · log(share_c / prior_c)`` for each class c (dim 1 of ``logits``).
+
+        A class the teacher labels more often than ``prior`` (the source labels' class share) says it
+        should loses logit, one it labels less often gains, and one at its prior is left alone: logit
+        adjustment (Menon et al., ICLR 2021) with the running share as the estimate of the teacher's bias.
+        Aimed at *sink* classes, which take a shifted domain's unfamiliar pixels (night: dark sky and road
+        labelled truck or train) and which self-training on the teacher's own labels would deepen. Both
+        shares are floored at ``floor`` before the log. Device-side, no host synchronisation.
+        """
+        ratio = self.share.clamp_min(self.floor) / prior.to(self.share).clamp_min(self.floor)
+        return logits - strength * ratio.log().view(1, -1, *([1] * (logits.dim() - 2)))

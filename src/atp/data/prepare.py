@@ -125,6 +125,38 @@ def _write_class_stats(dataset, num_workers: int, progress: bool, report: Prepar
     return str(path)
 
 
+def source_class_share(prior: Any, num_classes: int) -> list[float]:
+    """The source labels' class share, summing to 1, from ``prior``: a list of ``num_classes`` non-negative
+    numbers (pixel counts or shares), or the path of the source's ``sample_class_stats.json`` (written by
+    this module). What ``stage.module.prior_correction.prior`` takes; a bad value is a :class:`UserError`."""
+    key = "stage.module.prior_correction.prior"
+    if prior is None:
+        raise UserError(
+            f"{key} is not set: give the source's {STATS_FILE} (python -m atp.data.prepare dataset=<name> writes it "
+            f"in the source dataset's root) or a list of {num_classes} class shares; the toy datasets give "
+            "dataset.source_class_share"
+        )
+    if isinstance(prior, (str, Path)):
+        path = Path(prior).expanduser()
+        try:
+            samples = json.loads(path.read_text())["samples"]
+            counts = [0] * num_classes
+            for sample in samples:
+                for cls, n in sample["counts"].items():
+                    if int(cls) < num_classes:
+                        counts[int(cls)] += n
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f"{key}={path}: not a readable {STATS_FILE} ({err}); "
+                            "make it with python -m atp.data.prepare dataset=<name>") from err
+        values = [float(n) for n in counts]
+    else:
+        values = [float(v) for v in prior]
+    if len(values) != num_classes or min(values) < 0 or sum(values) <= 0:
+        raise UserError(f"{key}: needs {num_classes} non-negative numbers with a positive sum, got {values}")
+    total = sum(values)
+    return [v / total for v in values]
+
+
 def _fix_for(issue: FileIssue, dataset_name: str) -> str:
     if issue.path.endswith("_labelTrainIds.png"):
         return f"delete it and run python -m atp.data.prepare dataset={dataset_name}"

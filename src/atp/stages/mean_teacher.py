@@ -19,6 +19,7 @@ from atp.adaptation import (
 )
 from atp.data.datamodule import one_pass_batches
 from atp.data.labels import IGNORE_INDEX
+from atp.data.prepare import source_class_share
 from atp.data.transforms import MEAN, STD
 from atp.stages.base import SegStage, _plain
 
@@ -46,6 +47,7 @@ class MeanTeacherStage(SegStage):
         conf_threshold: float = 0.968,
         teacher_bn_train: bool = True,
         class_balance: Mapping | None = None,
+        prior_correction: Mapping | None = None,
         bn_refresh_batches: int | None = 0,
         **kwargs: Any,
     ) -> None:
@@ -57,6 +59,17 @@ class MeanTeacherStage(SegStage):
         balance = dict(_plain(class_balance) or {})
         # only built when on, so checkpoints of the paper recipe keep their keys
         self.class_share = ClassShare(self.num_classes, **balance) if balance.get("power", 0) > 0 else None
+        correction = dict(_plain(prior_correction) or {})
+        if set(correction) - {"strength", "prior"}:
+            raise ValueError(f"stage.module.prior_correction takes strength and prior, got {sorted(correction)}")
+        self.prior_strength = float(correction.get("strength", 0.0))
+        if self.prior_strength < 0:
+            raise ValueError(f"stage.module.prior_correction.strength must be >= 0 (0 = off), got {self.prior_strength}")
+        if self.prior_strength > 0:  # the share is tracked even where the CE stays unweighted (power 0)
+            prior = source_class_share(correction.get("prior"), self.num_classes)
+            self.register_buffer("class_prior", torch.tensor(prior, dtype=torch.float32))
+            if self.class_share is None:
+                self.class_share = ClassShare(self.num_classes, **{**balance, "power": 0.0})
         self.teacher = EMATeacher(self.student, bn_train_mode=teacher_bn_train)
         self.ema_alpha = ema_alpha
         self.conf_threshold = conf_threshold
@@ -101,10 +114,17 @@ class MeanTeacherStage(SegStage):
 
     def balanced(self, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor | None:
         """``weights`` times the class-balancing weights of ``labels``; ``weights`` itself when balancing is off."""
-        if self.class_share is None:
+        if self.class_share is None or self.class_share.power == 0:
             return weights
         balance = self.class_share.weights(labels)
         return balance if weights is None else weights * balance
+
+    def prior_corrected(self, logits: torch.Tensor) -> torch.Tensor:
+        """[I] The teacher's logits corrected toward the source's class prior before its labels are taken
+        (``ClassShare.prior_corrected``); unchanged when ``prior_correction.strength`` is 0 (the paper)."""
+        if self.prior_strength == 0:
+            return logits
+        return self.class_share.prior_corrected(logits, self.class_prior, self.prior_strength)
 
     def needs_crop(self, images: torch.Tensor) -> bool:
         size = self.crop_cfg.get("size")
@@ -150,7 +170,7 @@ class MeanTeacherStage(SegStage):
         return PseudoLabels(images, labels, confidence, quality, probs)
 
     def _labels_of(self, logits: torch.Tensor, size, keep_probs: bool, need_confidence: bool = True):
-        logits = self.upsample(logits.detach().float(), size)  # once, for labels, confidence and probs
+        logits = self.prior_corrected(self.upsample(logits.detach().float(), size))  # once: labels, confidence, probs
         if not (need_confidence or keep_probs):  # argmax of the logits = argmax of the probabilities
             return logits.argmax(dim=1), None, None, None
         labels, confidence, quality = pseudo_labels_from_logits(logits, conf_threshold=self.conf_threshold)
