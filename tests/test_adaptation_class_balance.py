@@ -72,7 +72,7 @@ def test_stage_keeps_the_running_share_in_its_checkpoint(stage, data_toy_root, t
                     "trainer.val_check_interval=1", *extra)
     run_stage(cfg, run_dir)
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert not any(key.startswith(("class_share.", "class_prior")) for key in state)
+    assert not any(key.startswith(("class_share.", "source_class_prior")) for key in state)
 
 
 def test_prior_correction_moves_each_logit_by_the_log_of_its_over_prediction():
@@ -138,6 +138,24 @@ def test_stage_labels_with_the_corrected_logits_and_keeps_its_ce_unweighted(tmp_
     assert corrected.tolist() == [[[2, 0, 2]]]
     module.prior_strength = 0.0
     assert module._labels_of(logits, (1, 3), keep_probs=False)[0].tolist() == [[[0, 0, 1]]]
+
+
+def test_prior_correction_leaves_evaluation_alone(tmp_path):
+    """Only the teacher's pseudo-labels are corrected: the student's predictions (validation, the ladder's
+    evaluation) are those of the same weights without the option, and the ACDC test-time prior is untouched."""
+    from atp.stages import build_stage_module
+
+    corrected = ["stage.module.prior_correction.strength=1.0",
+                 "stage.module.prior_correction.prior=[" + ",".join(["1"] * 18 + ["100"]) + "]"]
+    modules = []
+    for extra in ([], corrected):
+        cfg = stage_cfg("teach", tmp_path, tmp_path, tmp_path / "run", *extra)
+        torch.manual_seed(0)
+        modules.append(build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=19, seed=0).eval())
+    plain, with_prior = modules
+    assert with_prior.class_prior is None and plain.class_prior is None  # no ACDC prior on this dataset
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain.predict_labels(images, (32, 32)), with_prior.predict_labels(images, (32, 32)))
 
 
 @pytest.mark.parametrize(("option", "words"), [("strength=-1", "strength must be >= 0"),

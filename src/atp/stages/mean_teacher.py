@@ -67,7 +67,7 @@ class MeanTeacherStage(SegStage):
             raise ValueError(f"stage.module.prior_correction.strength must be >= 0 (0 = off), got {self.prior_strength}")
         if self.prior_strength > 0:  # the share is tracked even where the CE stays unweighted (power 0)
             prior = source_class_share(correction.get("prior"), self.num_classes)
-            self.register_buffer("class_prior", torch.tensor(prior, dtype=torch.float32))
+            self.register_buffer("source_class_prior", torch.tensor(prior, dtype=torch.float32))
             if self.class_share is None:
                 self.class_share = ClassShare(self.num_classes, **{**balance, "power": 0.0})
         self.teacher = EMATeacher(self.student, bn_train_mode=teacher_bn_train)
@@ -124,7 +124,7 @@ class MeanTeacherStage(SegStage):
         (``ClassShare.prior_corrected``); unchanged when ``prior_correction.strength`` is 0 (the paper)."""
         if self.prior_strength == 0:
             return logits
-        return self.class_share.prior_corrected(logits, self.class_prior, self.prior_strength)
+        return self.class_share.prior_corrected(logits, self.source_class_prior, self.prior_strength)
 
     def needs_crop(self, images: torch.Tensor) -> bool:
         size = self.crop_cfg.get("size")
