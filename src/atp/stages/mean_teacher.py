@@ -56,20 +56,20 @@ class MeanTeacherStage(SegStage):
             raise ValueError(f"stage.module.bn_refresh_batches must be >= 0 (0 = off) or null (all images), "
                              f"got {bn_refresh_batches}")
         self.bn_refresh_batches = bn_refresh_batches
-        balance = dict(_plain(class_balance) or {})
-        # only built when on, so checkpoints of the paper recipe keep their keys
-        self.class_share = ClassShare(self.num_classes, **balance) if balance.get("power", 0) > 0 else None
+        balance = {"power": 0.0, **dict(_plain(class_balance) or {})}
         correction = dict(_plain(prior_correction) or {})
         if set(correction) - {"strength", "prior"}:
             raise ValueError(f"stage.module.prior_correction takes strength and prior, got {sorted(correction)}")
         self.prior_strength = float(correction.get("strength", 0.0))
         if self.prior_strength < 0:
             raise ValueError(f"stage.module.prior_correction.strength must be >= 0 (0 = off), got {self.prior_strength}")
-        if self.prior_strength > 0:  # the share is tracked even where the CE stays unweighted (power 0)
+        if self.prior_strength > 0:
             prior = source_class_share(correction.get("prior"), self.num_classes)
             self.register_buffer("source_class_prior", torch.tensor(prior, dtype=torch.float32))
-            if self.class_share is None:
-                self.class_share = ClassShare(self.num_classes, **{**balance, "power": 0.0})
+        # the running share, for the balancing weights and/or the correction; only built when one is on, so
+        # checkpoints of the paper recipe keep their keys (with power 0 the CE stays unweighted)
+        tracked = balance["power"] > 0 or self.prior_strength > 0
+        self.class_share = ClassShare(self.num_classes, **balance) if tracked else None
         self.teacher = EMATeacher(self.student, bn_train_mode=teacher_bn_train)
         self.ema_alpha = ema_alpha
         self.conf_threshold = conf_threshold

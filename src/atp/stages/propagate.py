@@ -97,7 +97,7 @@ class PropagateStage(MeanTeacherStage):
         with self.teacher.teacher_mode() as teacher:
             features = teacher.extract(easy_weak)
             easy_logits, easy_feats = teacher.decode(features), teacher.project(features)
-            easy_labels = self.prior_corrected(self.upsample(easy_logits.float(), easy_weak.shape[-2:])).argmax(dim=1)
+            easy_labels = self._labels_of(easy_logits, easy_weak.shape[-2:], keep_probs=False, need_confidence=False)[0]
         hard = self.pseudo_label(hard_weak)
         hard_weak = hard.images
         self.track_classes(easy_labels, hard.labels)
