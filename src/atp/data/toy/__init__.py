@@ -12,8 +12,9 @@ lights and signs, cars, trucks, buses, trams, people, riders on bicycles and mot
 void objects) from the same distribution; only the *appearance* differs. The source looks like a
 clean game render. The target's look is a shift family (``shift=``, :data:`SHIFTS`): ``mixed``
 (the default: dusk/night, fog or rain per image with a shifted palette; :class:`TargetLook`),
-``night``, ``fog``, ``palette`` (another city's colours and textures) or ``snow``. Every image is
-a function of ``(seed, domain, index, shift)`` only; its label map does not depend on ``shift``.
+``night``, ``fog``, ``palette`` (another city's colours and textures), ``snow``, or the held-out
+``sensor`` (a cheap camera, heavy JPEG) and ``glare`` (into a low sun). Every image is a function
+of ``(seed, domain, index, shift)`` only; its label map does not depend on ``shift``.
 
 Modules: :mod:`~atp.data.toy.scene` (label ids, materials, the scene canvas),
 :mod:`~atp.data.toy.layout` and :mod:`~atp.data.toy.objects` (the scene layout),
