@@ -25,11 +25,15 @@ def _weights(run_dir):
     return {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
 
 
-@pytest.mark.parametrize("stage", ["source", "align", "teach", "propagate"])
+#: per stage: what makes its 6 steps exercise its loss (selftrain: a 2-step source is never 0.968-confident)
+STAGE_OVERRIDES = {"propagate": ["stage.module.scl.start_step=2"], "selftrain": ["stage.module.pos_threshold=0.0"]}
+
+
+@pytest.mark.parametrize("stage", ["source", "align", "teach", "propagate", "tent", "shot", "selftrain"])
 def test_resume_after_crash_equals_uninterrupted(stage, data_toy_root, tmp_path):
     out = tmp_path / "outputs"
     common = ["trainer.max_steps=6", "trainer.val_check_interval=3", "checkpoint_every=3",
-              "stage.module.scl.start_step=2" if stage == "propagate" else "seed=76"]
+              *STAGE_OVERRIDES.get(stage, ["seed=76"])]
     if stage != "source":  # adaptation stages start from a (2-step) source model; source from random weights
         run_stage(stage_cfg("source", data_toy_root, out, out / "src", "trainer.max_steps=2"), out / "src")
         common.append(f"init_from={out / 'src' / 'checkpoints' / 'final.ckpt'}")

@@ -1,5 +1,6 @@
 """Every stage runs a few steps on the toy data with a tiny model; each hands its weights on."""
 
+import csv
 import json
 
 import pytest
@@ -27,6 +28,47 @@ def chain(data_toy_root, module_tmp):
         cfg = stage_cfg(stage, data_toy_root, out, run_dir, *extra.get(stage, []))
         runs[stage] = (run_stage(cfg, run_dir), run_dir)
     return runs
+
+
+BASELINES = ("tent", "shot", "selftrain")
+
+
+@pytest.fixture(scope="module")
+def baselines(chain, data_toy_root, module_tmp):
+    """tent, shot and selftrain, each started from the chain's source with init_from=auto (their predecessor)."""
+    runs = {}
+    # no warm-up, so 4 steps move the weights visibly; threshold 0: a 4-step source is never 0.968-confident
+    extra = {"selftrain": ["stage.module.pos_threshold=0.0"]}
+    for stage in BASELINES:
+        run_dir = module_tmp / "runs" / stage
+        cfg = stage_cfg(stage, data_toy_root, module_tmp, run_dir, "stage.module.schedule.warmup_steps=0",
+                        *extra.get(stage, []))
+        runs[stage] = (run_stage(cfg, run_dir), run_dir)
+    return runs
+
+
+@pytest.mark.parametrize("stage", BASELINES)
+def test_baseline_runs_from_source_and_hands_on_its_weights(chain, baselines, stage):
+    manifest, run_dir = baselines[stage]
+    source_dir = chain["source"][1]
+    assert manifest["status"] == "complete" and manifest["steps"] == 4
+    assert manifest["init_run"] == str(source_dir)
+    losses = logged_losses(run_dir)
+    assert losses, "no loss was logged"
+    for name, values in losses.items():
+        assert len(values) == 4 and all_finite(values) and len(set(values)) > 1, (name, values)
+    final = run_dir / "checkpoints" / "final.ckpt"
+    assert manifest["final_ckpt"] and pipeline.manifest_checkpoint({**manifest, "_dir": str(run_dir)}) == final.resolve()
+    before = read_checkpoint(source_dir / "checkpoints" / "final.ckpt", which="student")
+    after = read_checkpoint(final, which="student")
+    moved = {k for k in before if k.endswith(("weight", "bias")) and not torch.equal(before[k], after[k])}
+    # tent: norm affine parameters only; shot: the classifier kept; selftrain: everything on the prediction path
+    assert ("decode_head.conv_seg.weight" in moved) == (stage == "selftrain")
+    assert ("encoder.patch_embed1.proj.weight" in moved) == (stage != "tent")
+    assert "encoder.norm4.weight" in moved and not any(k.startswith("proj_head.") for k in moved)
+    if stage == "selftrain":  # the share of pixels above pos_threshold (0 here: all of them)
+        rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+        assert [float(r["train/pseudo/kept"]) for r in rows if r.get("train/pseudo/kept")] == [1.0] * 4
 
 
 @pytest.mark.parametrize("stage", ["source", "align", "teach", "propagate"])
@@ -82,8 +124,6 @@ def test_manifest_is_valid_json_with_history(chain):
 def test_teach_logs_every_interval_with_class_wise_positives(chain, data_toy_root, tmp_path):
     """Logging every 2nd step computes what it logs (q) on the steps that log, and the class-wise
     positive selection keeps training finite."""
-    import csv
-
     source_ckpt = pipeline.manifest_checkpoint(chain["source"][0] | {"_dir": str(chain["source"][1])})
     run_dir = tmp_path / "teach"
     cfg = stage_cfg("teach", data_toy_root, tmp_path, run_dir,

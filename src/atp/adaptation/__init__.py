@@ -8,12 +8,16 @@ from .ema import EMATeacher, ema_alpha, is_stochastic_layer
 from .losses import (
     curriculum_entropy_loss,
     diversity_loss,
+    entropy_loss,
+    information_maximization_loss,
+    marginal_entropy,
     mean_negative_classes,
     negative_pseudo_label_loss,
     normalized_entropy,
     prototype_contrastive_loss,
     pseudo_label_ce,
     pseudo_label_ce_and_negative,
+    thresholded_pseudo_label_ce,
 )
 from .mix import classmix_masks, mix, mixed_targets, row_ignore_weights
 from .prototypes import PrototypeEstimator, downscale_labels
@@ -47,9 +51,12 @@ __all__ = [
     "downscale_labels",
     "forward_for_statistics",
     "ema_alpha",
+    "entropy_loss",
     "gaussian_blur",
     "image_entropy_scores",
+    "information_maximization_loss",
     "is_stochastic_layer",
+    "marginal_entropy",
     "mean_negative_classes",
     "mix",
     "mixed_targets",
@@ -63,4 +70,5 @@ __all__ = [
     "reestimate_batch_norm",
     "row_ignore_weights",
     "threshold_pseudo_labels",
+    "thresholded_pseudo_label_ce",
 ]

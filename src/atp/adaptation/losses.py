@@ -1,4 +1,4 @@
-"""Loss terms of the three ATP stages (§5.2, §6.2, §8.2, §8.4), on plain tensors.
+"""Loss terms of the three ATP stages (§5.2, §6.2, §8.2, §8.4) and of the baselines, on plain tensors.
 
 Every loss works in float32 (logits are up-cast, which keeps mixed precision safe) and reduces with
 device-side arithmetic only, so none of them forces a host synchronisation.
@@ -15,10 +15,14 @@ __all__ = [
     "normalized_entropy",
     "curriculum_entropy_loss",
     "diversity_loss",
+    "entropy_loss",
+    "marginal_entropy",
+    "information_maximization_loss",
     "negative_pseudo_label_loss",
     "mean_negative_classes",
     "pseudo_label_ce",
     "pseudo_label_ce_and_negative",
+    "thresholded_pseudo_label_ce",
     "prototype_contrastive_loss",
 ]
 
@@ -60,6 +64,35 @@ def diversity_loss(logits: torch.Tensor, alpha: float = 3.0, bug_compat: bool = 
         class_mass = (probs * weights.unsqueeze(1)).sum((0, 2, 3)) / num_pixels
     mass_entropy = -(class_mass * torch.log(class_mass + _LOG_EPS)).sum() / math.log(num_classes)
     return -mass_entropy
+
+
+def entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """TENT's loss: the mean over pixels of the Shannon entropy −Σ_c p_c log p_c (nats, not normalised),
+    p = softmax over dim 1 of logits (B, C, ...)."""
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    return -(log_probs.exp() * log_probs).sum(1).mean()
+
+
+def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the mean prediction m̄ = mean of softmax(logits) over every pixel of the whole batch.
+
+    SHOT's diversity term ``gent`` (its ``msoftmax`` is the mean over the batch; here over batch and pixels).
+    """
+    probs = F.softmax(logits.float(), dim=1)
+    mean_probs = probs.mean(dim=[d for d in range(probs.dim()) if d != 1])
+    return -(mean_probs * torch.log(mean_probs + _LOG_EPS)).sum()
+
+
+def information_maximization_loss(
+    logits: torch.Tensor, div_weight: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SHOT-IM: (entropy_loss − div_weight · marginal_entropy, entropy_loss, marginal_entropy).
+
+    Confident per-pixel predictions that are diverse over the batch; SHOT weighs both terms 1.
+    """
+    entropy = entropy_loss(logits)
+    diversity = marginal_entropy(logits)
+    return entropy - div_weight * diversity, entropy, diversity
 
 
 def negative_pseudo_label_loss(
@@ -106,6 +139,21 @@ def pseudo_label_ce(
     if weights is not None:
         per_pixel = per_pixel * weights.float()
     return per_pixel.mean()
+
+
+def thresholded_pseudo_label_ce(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    confidence: torch.Tensor,
+    threshold: float,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """:func:`pseudo_label_ce` of the pixels whose teacher confidence is at least ``threshold``.
+
+    Less confident pixels are ignored, but, as in :func:`pseudo_label_ce`, still count in the denominator.
+    """
+    labels = labels.masked_fill(confidence < threshold, ignore_index)
+    return pseudo_label_ce(logits, labels, ignore_index=ignore_index)
 
 
 def pseudo_label_ce_and_negative(

@@ -33,6 +33,7 @@ class AdaBNStage(SegStage):
     data_mode = "target"
     default_init = "auto"
     chain_position = None  # a side branch: align still starts from source
+    baseline = True
 
     def __init__(
         self,

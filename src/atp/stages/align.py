@@ -61,10 +61,7 @@ class AlignStage(MeanTeacherStage):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self.hold_frozen_decoder_bn()
         self.begin_step()
-        images = batch["img"]
-        if self.needs_crop(images):
-            self.update_teacher()
-            images = self.pseudo_label(images, need_confidence=False).images  # the crop only
+        images = self.target_crop(batch["img"])
         aug_generator = self.step_generator("cpu")
         params = self.strong_aug.draw(aug_generator)
         strong = self.strong_aug.apply(images, params, aug_generator)

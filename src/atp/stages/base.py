@@ -87,6 +87,8 @@ class SegStage(pl.LightningModule):
     chain_position: ClassVar[int | None] = None
     #: whether an EMA teacher's pseudo-labels train the student (its mIoU and pseudo-labels are then reported)
     teaches_with_pseudo_labels: ClassVar[bool] = False
+    #: a standard source-free baseline ATP is compared with (a row of the ladder's method table), not part of ATP
+    baseline: ClassVar[bool] = False
     #: constructor arguments kept out of the checkpoint's hyper-parameters (networks, not options)
     not_hyperparameters: ClassVar[tuple[str, ...]] = ("model",)
 

@@ -130,6 +130,14 @@ class MeanTeacherStage(SegStage):
         size = self.crop_cfg.get("size")
         return size is not None and (images.shape[-2] > size[0] or images.shape[-1] > size[1])
 
+    def target_crop(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` themselves, or for inputs larger than the crop (ACDC) the teacher's class-balanced crop
+        (spec §2.6), the teacher updated first (spec §4.2). For stages that need no pseudo-labels but the crop."""
+        if not self.needs_crop(images):
+            return images
+        self.update_teacher()
+        return self.pseudo_label(images, need_confidence=False).images  # the crop only
+
     @torch.no_grad()
     def pseudo_label(self, images: torch.Tensor, keep_probs: bool = False, need_confidence: bool = True) -> PseudoLabels:
         """Teacher pseudo-labels on weak images; larger inputs get the class-balanced crop (spec §2.6).
