@@ -56,7 +56,7 @@ def ladder_run(data_toy_root, module_tmp):
     seed), two jobs at once, and its console output."""
     out = module_tmp / "out"
     args = ["--families", ",".join(FAMILIES), "--seeds", ",".join(map(str, SEEDS)), "--stages", ",".join(STAGES),
-            "--jobs", "2", "--out", str(out), *_tiny(data_toy_root, out.parent / "outputs")]
+            "--methods", "none", "--jobs", "2", "--out", str(out), *_tiny(data_toy_root, out.parent / "outputs")]
     code, console = _run(args)
     return out, args, code, console
 
@@ -138,7 +138,8 @@ def test_shared_source_changes_no_number_of_the_chain(ladder_run, data_toy_root)
     alone = out.parent / "alone"
     overrides = args[args.index("--out") + 2:]
     code, console = _run(["--families", "toy_fog", "--seeds", str(SEEDS[0]), "--stages", ",".join(STAGES),
-                          "--no-oracle", "--no-share-source", "--jobs", "2", "--out", str(alone), *overrides])
+                          "--methods", "none", "--no-oracle", "--no-share-source", "--jobs", "2", "--out", str(alone),
+                          *overrides])
     assert code == 0, console
     seed_dir = alone / "toy_fog" / f"seed{SEEDS[0]}"
     per_family = {s: json.loads((seed_dir / f"{i}_{s}" / "eval" / "metrics.json").read_text())
@@ -185,7 +186,7 @@ def test_failing_family_is_reported_with_its_log_and_the_others_finish(ladder_ru
     monkeypatch.setenv("ATP_CONF_DIR", str(conf))  # the ladder and its jobs find the families here
     overrides = args[args.index("--out") + 2:]
     code = ladder_main(["--families", "toy_broken,toy", "--seeds", "76", "--stages", ",".join(STAGES),
-                        "--no-oracle", "--out", str(out), *overrides])
+                        "--methods", "none", "--no-oracle", "--out", str(out), *overrides])
     console = capsys.readouterr().out
     assert code == 1
     log = out / "toy_broken" / "seed76" / "train.log"
@@ -199,7 +200,7 @@ def test_failing_family_is_reported_with_its_log_and_the_others_finish(ladder_ru
     assert "## Failed" in markdown and str(log) in markdown
     # alone, the broken family shares its (failing) source job: its chain is not run, and says why
     code = ladder_main(["--families", "toy_broken", "--seeds", "76", "--stages", ",".join(STAGES),
-                        "--no-oracle", "--out", str(tmp_path / "alone"), *overrides])
+                        "--methods", "none", "--no-oracle", "--out", str(tmp_path / "alone"), *overrides])
     console = capsys.readouterr().out
     assert code == 1
     assert _events(console, "failed") == [("shared", "76", "source")]
@@ -397,3 +398,154 @@ def test_chain_stage_without_a_predecessor_in_the_chain_starts_from_the_jobs_ini
     assert chain_init("teach", [("adabn", adabn), ("align", align)], str(source)) == str(align)
     # without init_from (the job's config says default): as before
     assert chain_init("adabn", [], "default") == chain_init("adabn", []) == "default"
+
+
+def test_methods_and_ablations_start_from_the_rungs_they_name(tmp_path):
+    from atp.ladder.ablations import get_ablations
+    from atp.ladder.plan import plan_jobs
+
+    stages = ["source", "adabn", "align", "teach", "propagate"]
+    ablations = tuple(get_ablations(["no_align", "no_align_adabn", "teach_no_negatives"]))
+    jobs = plan_jobs(tmp_path, ["toy", "toy_fog"], [76, 1], stages, "toy_cpu", ["x=1"], [], share_source=True,
+                     methods=("tent",), ablations=ablations, ablation_runs=frozenset({("toy_fog", 1)}))
+    kinds = [(j.kind, j.family, j.seed, j.run_dir.name) for j in jobs]
+    # sources, then per family and seed the chain and the methods, and the ablations last
+    assert kinds[:6] == [("source", "shared", 76, "seed76"), ("source", "shared", 1, "seed1"),
+                         ("chain", "toy", 76, "seed76"), ("method", "toy", 76, "tent"),
+                         ("chain", "toy", 1, "seed1"), ("method", "toy", 1, "tent")]
+    assert kinds[-3:] == [("ablation", "toy_fog", 1, name) for name in ("no_align", "no_align_adabn",
+                                                                         "teach_no_negatives")]
+    seed_dir, source_dir = tmp_path / "toy_fog" / "seed1", tmp_path / "_source" / "seed1"
+    tent = next(j for j in jobs if j.kind == "method" and j.family == "toy_fog" and j.seed == 1)
+    assert tent.after == source_dir and tent.command[-1] == "x=1"  # the user's overrides come last
+    assert "stage=tent" in tent.command and f"init_from={source_dir / 'checkpoints' / 'final.ckpt'}" in tent.command
+    assert [(s.name, s.run_dir, s.ablation) for s in tent.steps] == [("tent", seed_dir / "tent", None)]
+    no_align, from_adabn, no_negatives = jobs[-3:]
+    # from the shared source: waits for the source job; from a chain stage: for the family's chain job
+    assert no_align.after == source_dir and from_adabn.after == no_negatives.after == seed_dir
+    assert f"init_from={source_dir / 'checkpoints' / 'final.ckpt'}" in no_align.command
+    assert f"init_from={seed_dir / '0_adabn' / 'checkpoints' / 'final.ckpt'}" in from_adabn.command
+    assert f"init_from={seed_dir / '1_align' / 'checkpoints' / 'final.ckpt'}" in no_negatives.command
+    assert "stage=chain" in no_negatives.command and "chain.stages=[teach,propagate]" in no_negatives.command
+    assert "++per_stage.teach.stage.module.neg_weight=0" in no_negatives.command
+    assert [(s.label, s.run_dir) for s in no_negatives.steps] == [
+        ("teach_no_negatives:teach", seed_dir / "ablations" / "teach_no_negatives" / "0_teach"),
+        ("teach_no_negatives:propagate", seed_dir / "ablations" / "teach_no_negatives" / "1_propagate")]
+
+
+def test_every_ablation_changes_exactly_its_options_in_the_stages_it_retrains():
+    """Composed as the ablation's chain job composes each stage: the changed options land in stage.module, are
+    valid options, and every other option of that stage is the recipe's."""
+    from hydra import compose, initialize_config_dir
+
+    from atp.ladder.ablations import ABLATIONS
+    from atp.stages import check_stage_options
+    from atp.train import apply_per_stage
+
+    def module(stage: str, overrides: list[str]) -> dict:
+        cfg = apply_per_stage(compose("train", overrides=["experiment=toy_cpu", f"stage={stage}", *overrides]),
+                              overrides)
+        check_stage_options(cfg.stage)
+        return OmegaConf.to_container(cfg.stage.module, resolve=False)
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        recipe = {stage: module(stage, []) for stage in ("align", "teach", "propagate")}
+        for ablation in ABLATIONS:
+            changed: dict[str, dict[str, str]] = {}
+            for change in ablation.changes:
+                target, value = change.split("=", 1)
+                stage, option = target.split(".", 1)
+                changed.setdefault(stage, {})[option] = value
+            assert set(changed) <= set(ablation.stages) and ablation.stages[-1] == "propagate", ablation.name
+            for stage in changed:
+                varied = module(stage, ablation.overrides())
+                differing = {k for k in set(recipe[stage]) | set(varied) if recipe[stage].get(k) != varied.get(k)}
+                assert differing == {option.split(".")[0] for option in changed[stage]}, (ablation.name, differing)
+                for option, value in changed[stage].items():
+                    got = OmegaConf.select(OmegaConf.create(varied), option)
+                    assert str(got).lower() == ("none" if value == "null" else value.lower()), (ablation.name, option)
+
+
+def test_ablation_deltas_against_the_full_recipe_by_hand():
+    from atp.ladder.ablations import Ablation
+    from atp.ladder.tables import ablation_markdown, summarise_ablations
+
+    def run(family, seed, stage, miou, ablation=None):
+        return {**_record(seed, stage, miou), "family": family, "ablation": ablation}
+
+    no_neg = Ablation("no_neg", "negatives", "align", ("teach", "propagate"))
+    no_mix = Ablation("no_mix", "ClassMix", "teach", ("propagate",))
+    records = [run("a", 1, "teach", 30.0), run("a", 1, "propagate", 34.0), run("a", 2, "teach", 31.0),
+               run("a", 2, "propagate", 36.0), run("b", 1, "teach", 20.0), run("b", 1, "propagate", 25.0),
+               run("a", 1, "teach", 29.0, "no_neg"), run("a", 1, "propagate", 35.0, "no_neg"),
+               run("a", 2, "teach", 30.5, "no_neg"), run("a", 2, "propagate", 33.0, "no_neg"),
+               run("b", 1, "propagate", 24.5, "no_mix")]
+    summary = summarise_ablations(records, [no_neg, no_mix], ["a", "b"])
+    a = summary["no_neg"]["families"]["a"]
+    # teach: 29-30 = -1, 30.5-31 = -0.5; propagate: 35-34 = +1, 33-36 = -3
+    assert a["stages"]["teach"]["per_seed"] == {"1": -1.0, "2": -0.5}
+    assert a["final"] == {"mean": -1.0, "std": pytest.approx(math.sqrt(8)), "n": 2, "per_seed": {"1": 1.0, "2": -3.0}}
+    assert "b" not in summary["no_neg"]["families"]  # no run of it on b
+    assert summary["no_mix"]["families"]["b"]["final"]["per_seed"] == {"1": -0.5}
+    assert "a" not in summary["no_mix"]["families"]
+    table = ablation_markdown(summary, ["a", "b"], {"b": "heldout"})
+    assert "| ablation (removes) | starts from | a | b (held-out) | mean |" in table
+    assert "| `no_neg` (negatives) | align | -1.00 ± 2.83 (2) | – | – |" in table
+    assert "| `no_mix` (ClassMix) | teach | – | -0.50 (1) | – |" in table
+
+
+def test_suite_table_bolds_the_best_method_and_averages_each_role():
+    from atp.ladder.tables import suite_markdown
+
+    def table(**values):
+        rows = [{"stage": s, "student": None if v is None else {"mean": v}} for s, v in values.items()]
+        return {"rows": rows}
+
+    tables = {"x": table(source=10.0, tent=15.0, propagate=14.0, oracle=50.0),
+              "y": table(source=20.0, tent=21.0, propagate=26.0, oracle=60.0),
+              "z": table(source=30.0, tent=None, propagate=31.0, oracle=70.0)}
+    text = suite_markdown(tables, {"x": "development", "y": "development", "z": "heldout"})
+    assert "| family | role | source | tent | propagate | oracle |" in text
+    assert "| x | development | 10.00 | **15.00** | 14.00 | 50.00 |" in text  # the oracle is not a method
+    assert "| y | development | 20.00 | 21.00 | **26.00** | 60.00 |" in text
+    assert "| z | heldout | 30.00 | – | **31.00** | 70.00 |" in text
+    assert "| mean of 2 | development | 15.00 | 18.00 | 20.00 | 55.00 |" in text
+    assert "mean of 1" not in text  # one held-out family: its row is the mean
+
+
+@pytest.mark.slow
+def test_a_baseline_and_an_ablation_train_only_themselves_from_the_ladders_runs(ladder_run, monkeypatch):
+    """A second invocation with a baseline method and an ablation trains those two alone: the baseline from the
+    shared source model, the ablation (a cheap stand-in: Teach without negatives, from the chain's Align) with
+    its option changed; the tables gain the baseline's row and the ablation's Δ against the recipe's Teach."""
+    from atp.ladder import cli
+    from atp.ladder.ablations import Ablation
+
+    out, args, code, _ = ladder_run
+    assert code == 0
+    tiny = Ablation("teach_no_negatives", "Teach's negatives", "align", ("teach",), ("teach.neg_weight=0",))
+    monkeypatch.setattr(cli, "get_ablations", lambda names=None: [tiny])
+    overrides = args[args.index("--out") + 2:]
+    code, console = _run(["--families", "toy", "--seeds", "76", "--stages", ",".join(STAGES), "--methods", "tent",
+                          "--no-oracle", "--jobs", "2", "--out", str(out), *overrides])
+    assert code == 0, console
+    assert sorted(_events(console, "done")) == [("toy", "76", "teach_no_negatives:teach"), ("toy", "76", "tent")]
+    seed_dir = out / "toy" / "seed76"
+    tent = json.loads((seed_dir / "tent" / "manifest.json").read_text())
+    assert tent["init_from"] == str((out / "_source" / "seed76" / "checkpoints" / "final.ckpt").resolve())
+    variant_dir = seed_dir / "ablations" / "teach_no_negatives" / "0_teach"
+    variant = json.loads((variant_dir / "manifest.json").read_text())
+    assert variant["init_from"] == str((seed_dir / "1_align" / "checkpoints" / "final.ckpt").resolve())
+    assert OmegaConf.load(variant_dir / "config.yaml").stage.module.neg_weight == 0
+    assert OmegaConf.load(seed_dir / "2_teach" / "config.yaml").stage.module.neg_weight == 1
+    ladder = json.loads((out / "ladder.json").read_text())
+    assert [row["stage"] for row in ladder["tables"]["toy"]["rows"]] == [
+        "source", "adabn", "tent", "align", "teach", "oracle"]
+    tent_miou = json.loads((seed_dir / "tent" / "eval" / "metrics.json").read_text())["mIoU"]["all19"]
+    assert ladder["tables"]["toy"]["rows"][2]["student"]["per_seed"] == {"76": pytest.approx(tent_miou)}
+    variant_miou = json.loads((variant_dir / "eval" / "metrics.json").read_text())["mIoU"]["all19"]
+    delta = ladder["ablations"]["teach_no_negatives"]["families"]["toy"]["final"]
+    assert delta["per_seed"] == {"76": pytest.approx(variant_miou - _miou(out, 76, "teach"))}
+    assert not (variant_dir / "eval_teacher").exists()  # the ablation table reads students only
+    markdown = (out / "ladder.md").read_text()
+    assert "## Suite" in markdown and "## Ablations" in markdown and "| `teach_no_negatives` (Teach's negatives) |" in markdown

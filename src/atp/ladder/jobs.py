@@ -60,7 +60,7 @@ class Progress:
             self.counts[status] = self.counts.get(status, 0) + 1
         finished, total = sum(self.counts.values()), len(self.steps)
         text = (f"{time.strftime('%H:%M:%S')} [{finished:>{len(str(total))}}/{total}] {step.family:<12} "
-                f"seed {step.seed:<5} {step.name:<10} {status:<8}")
+                f"seed {step.seed:<5} {step.label:<10} {status:<8}")
         if elapsed is not None:
             text += f" {format_duration(elapsed):>8}"
         eta = self.eta() if status == "done" else None

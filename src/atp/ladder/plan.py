@@ -11,17 +11,26 @@ from pathlib import Path
 from atp import pipeline
 from atp.data.config import find_conf_dir
 from atp.errors import UserError
+from atp.ladder.ablations import Ablation
 
 #: The rungs the ladder compares, in chain order; a rung the stage registry lacks is left out.
 LADDER_STAGES = ("source", "adabn", "align", "teach", "propagate")
 ORACLE = "oracle"
 SOURCE_JOB = "source"
+METHOD = "method"  # a baseline stage trained from the source model in its own job
+ABLATION = "ablation"
+ABLATION_DIR = "ablations"
 #: The family label of the shared source job in the progress lines and failures (it trains for every family).
 SHARED = "shared"
 SHARED_DIR = "_source"
 #: Keys the ladder sets itself for every job; an extra override of one of them is refused.
 RESERVED_KEYS = ("stage", "dataset", "seed", "experiment", "chain.stages", "init_from", "hydra.run.dir",
                  "hydra.job_logging.root.handlers")
+
+
+#: ``dataset.suite`` of a family: recipe changes are decided on the development families and only reported,
+#: unchanged, on the held-out ones (registered before any tuning)
+DEVELOPMENT, HELD_OUT = "development", "heldout"
 
 
 def discover_families(conf_dir: Path | None = None) -> list[str]:
@@ -43,6 +52,12 @@ class Step:
     name: str
     run_dir: Path
     eval_name: str = "eval"
+    ablation: str | None = None  # the ablation this step belongs to (None: the recipe's own run)
+
+    @property
+    def label(self) -> str:
+        """How progress lines and failures name the step: the stage, after its ablation's name."""
+        return self.name if self.ablation is None else f"{self.ablation}:{self.name}"
 
     def manifest(self) -> dict | None:
         """The step's manifest when it finished (status complete and the final checkpoint present)."""
@@ -60,7 +75,7 @@ class Job:
 
     family: str
     seed: int
-    kind: str  # "chain" | SOURCE_JOB | ORACLE
+    kind: str  # "chain" | SOURCE_JOB | ORACLE | METHOD | ABLATION
     run_dir: Path
     steps: tuple[Step, ...]
     command: tuple[str, ...]
@@ -89,13 +104,18 @@ def chain_stage_dir(job_dir: Path, index: int, stage: str) -> Path:
 
 
 def plan_jobs(out: Path, families: list[str], seeds: list[int], stages: list[str], experiment: str,
-              overrides: list[str], oracle_seeds: list[int], share_source: bool = False) -> list[Job]:
+              overrides: list[str], oracle_seeds: list[int], share_source: bool = False, methods: tuple[str, ...] = (),
+              ablations: tuple[Ablation, ...] = (), ablation_runs: frozenset[tuple[str, int]] = frozenset()
+              ) -> list[Job]:
     """Every job in the order the ladder starts them.
 
     With ``share_source`` (and ``source`` the first stage): one source job per seed in
     ``<out>/_source/seed<s>`` first, then per family and seed the chain of the other stages in
     ``<out>/<family>/seed<s>``, started from that source's final checkpoint. Without it, each chain
-    job runs all the stages. The oracle of a family and seed in ``oracle_seeds`` goes in ``…/oracle``.
+    job runs all the stages. Per family and seed, each of ``methods`` (baseline stages) is one job in
+    ``…/<method>`` started from the source model, and the oracle of a seed in ``oracle_seeds`` goes in
+    ``…/oracle``. Last, for each (family, seed) in ``ablation_runs``, each ablation is one chain job in
+    ``…/ablations/<name>`` started from the rung it names (waiting for the job that trains it).
     """
     share_source = share_source and stages[:1] == ["source"]
     jobs, chain_stages = [], stages[1:] if share_source else stages
@@ -114,27 +134,57 @@ def plan_jobs(out: Path, families: list[str], seeds: list[int], stages: list[str
             if chain_stages:
                 steps = tuple(Step(family, seed, stage, chain_stage_dir(job_dir, i, stage))
                               for i, stage in enumerate(chain_stages))
-                init = ([f"init_from={shared_checkpoint(shared[seed])}"] if share_source else [])
+                init = ([f"init_from={final_checkpoint(shared[seed])}"] if share_source else [])
                 jobs.append(Job(family, seed, "chain", job_dir, steps, (
                     *common, "stage=chain", f"chain.stages=[{','.join(chain_stages)}]", *init,
                     f"hydra.run.dir={job_dir}", *overrides), steps, shared.get(seed)))
+            for method in methods:
+                method_dir = job_dir / method
+                init, after = _start(SOURCE_JOB, job_dir, chain_stages, shared.get(seed))
+                step = Step(family, seed, method, method_dir)
+                jobs.append(Job(family, seed, METHOD, method_dir, (step,), (
+                    *common, f"stage={method}", f"init_from={init}", f"hydra.run.dir={method_dir}", *overrides),
+                    (step,), after))
             if seed in oracle_seeds:
                 oracle_dir = job_dir / ORACLE
                 step = Step(family, seed, ORACLE, oracle_dir)
                 jobs.append(Job(family, seed, ORACLE, oracle_dir, (step,), (
                     *common, *oracle_overrides(family), f"hydra.run.dir={oracle_dir}", *overrides), (step,)))
+    for family in families:
+        for seed in seeds:
+            if (family, seed) not in ablation_runs:
+                continue
+            job_dir = out / family / f"seed{seed}"
+            for ablation in ablations:
+                variant_dir = job_dir / ABLATION_DIR / ablation.name
+                init, after = _start(ablation.start, job_dir, chain_stages, shared.get(seed))
+                steps = tuple(Step(family, seed, stage, chain_stage_dir(variant_dir, i, stage), ablation=ablation.name)
+                              for i, stage in enumerate(ablation.stages))
+                jobs.append(Job(family, seed, ABLATION, variant_dir, steps, (
+                    *_common_args(experiment, family, seed, overrides), "stage=chain",
+                    f"chain.stages=[{','.join(ablation.stages)}]", f"init_from={init}", f"hydra.run.dir={variant_dir}",
+                    *ablation.overrides(), *overrides), steps, after))
     return jobs
 
 
-def shared_checkpoint(job_dir: Path) -> Path:
-    """The final checkpoint a shared source job writes (``stage=source`` in ``hydra.run.dir=job_dir``)."""
+def _start(rung: str, job_dir: Path, chain_stages: list[str], shared_dir: Path | None) -> tuple[Path, Path]:
+    """The final checkpoint of ``rung`` (``source`` or a stage of the family's chain) and the job that trains it."""
+    if rung == SOURCE_JOB and shared_dir is not None:
+        return final_checkpoint(shared_dir), shared_dir
+    if rung not in chain_stages:
+        raise ValueError(f"{rung} is not trained by the ladder's chain {chain_stages}")
+    return final_checkpoint(chain_stage_dir(job_dir, chain_stages.index(rung), rung)), job_dir
+
+
+def final_checkpoint(job_dir: Path) -> Path:
+    """The final checkpoint a stage run writes in ``job_dir`` (e.g. ``stage=source`` in ``hydra.run.dir=job_dir``)."""
     return job_dir / "checkpoints" / "final.ckpt"
 
 
 #: Dataset keys that describe only the target or where the data lie: they may differ between families
 #: that share a source model. Everything else a source stage reads (generator arguments, the source
 #: entry, crops, scale, flips…) must be equal.
-TARGET_ONLY_KEYS = ("name", "missing_data_fix", "target", "target_val", "toy.shift", "toy.out")
+TARGET_ONLY_KEYS = ("name", "missing_data_fix", "suite", "target", "target_val", "toy.shift", "toy.out")
 
 
 def source_difference(datasets: dict[str, dict]) -> str | None:
