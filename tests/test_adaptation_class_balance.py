@@ -160,7 +160,7 @@ def test_prior_correction_leaves_evaluation_alone(tmp_path):
 
 @pytest.mark.parametrize(("option", "words"), [("strength=-1", "strength must be >= 0"),
                                                ("stregth=1", "takes strength and prior"),
-                                               ("strength=1", "prior is not set")])
+                                               ("strength=1", "needs the source labels. class share")])
 def test_bad_prior_correction_is_refused_naming_the_key(option, words, tmp_path):
     from atp.errors import UserError
     from atp.stages import build_stage_module

@@ -125,6 +125,47 @@ def _write_class_stats(dataset, num_workers: int, progress: bool, report: Prepar
     return str(path)
 
 
+def labels_class_share(dataset, num_classes: int, num_workers: int = 0, progress: bool = False) -> list[float]:
+    """The share of each train id among the labels of ``dataset`` (all its labelled samples, full resolution),
+    summing to 1: read from its ``sample_class_stats.json`` when that lists exactly its samples, else counted
+    from the label files (nothing is written). What the source stage records as the prior of its model."""
+    samples = [s for s in dataset.samples if s.label_found]
+    counts = _covering_stats(Path(dataset.root) / STATS_FILE, {s.name for s in samples}, num_classes)
+    if counts is None:
+        counts = [0] * num_classes
+        jobs = [(s.name, str(s.label), s.label_encoding) for s in samples]
+        for _, per_class, issue in run_jobs(count_classes, jobs, num_workers,
+                                            f"{dataset.display_name}: class share", progress):
+            if issue is not None:
+                raise UserError(f"{issue.path}: {issue.problem}; fix or remove it (python -m atp.data.check "
+                                "lists every such file)")
+            counts = [a + b for a, b in zip(counts, per_class, strict=False)]
+    total = sum(counts)
+    if not total:
+        raise UserError(f"{dataset.display_name} {dataset.split}: no labelled pixel to count the class share from "
+                        f"({len(samples)} labelled samples under {dataset.root})")
+    return [n / total for n in counts]
+
+
+def _covering_stats(path: Path, names: set[str], num_classes: int) -> list[int] | None:
+    """Pixels per class from a ``sample_class_stats.json`` that lists exactly ``names``; None otherwise."""
+    try:
+        if {row["name"] for row in json.loads(path.read_text())["samples"]} != names:
+            return None
+        return _stats_file_counts(path, num_classes)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _stats_file_counts(path: Path, num_classes: int) -> list[int]:
+    counts = [0] * num_classes
+    for sample in json.loads(path.read_text())["samples"]:
+        for cls, n in sample["counts"].items():
+            if int(cls) < num_classes:
+                counts[int(cls)] += n
+    return counts
+
+
 def source_class_share(prior: Any, num_classes: int) -> list[float]:
     """The source labels' class share, summing to 1, from ``prior``: a list of ``num_classes`` non-negative
     numbers (pixel counts or shares), or the path of the source's ``sample_class_stats.json`` (written by
@@ -133,18 +174,12 @@ def source_class_share(prior: Any, num_classes: int) -> list[float]:
     if prior is None:
         raise UserError(
             f"{key} is not set: give the source's {STATS_FILE} (python -m atp.data.prepare dataset=<name> writes it "
-            f"in the source dataset's root) or a list of {num_classes} class shares; the toy datasets give "
-            "dataset.source_class_share"
+            f"in the source dataset's root) or a list of {num_classes} class shares"
         )
     if isinstance(prior, (str, Path)):
         path = Path(prior).expanduser()
         try:
-            samples = json.loads(path.read_text())["samples"]
-            counts = [0] * num_classes
-            for sample in samples:
-                for cls, n in sample["counts"].items():
-                    if int(cls) < num_classes:
-                        counts[int(cls)] += n
+            counts = _stats_file_counts(path, num_classes)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise UserError(f"{key}={path}: not a readable {STATS_FILE} ({err}); "
                             "make it with python -m atp.data.prepare dataset=<name>") from err

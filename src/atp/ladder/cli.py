@@ -279,8 +279,9 @@ def run_ladder(args: argparse.Namespace, chosen: Selection, argv: list[str] | No
     threads = threads_per_job(args.jobs)
     progress.say(f"ladder: {len(families)} families × {len(seeds)} seeds × {len(stages)} stages "
                  f"({' → '.join(stages)}) + {len(chosen.methods)} baseline(s) ({', '.join(chosen.methods) or 'none'})"
-                 f" + oracle of seed(s) {', '.join(map(str, oracle_seeds)) or 'none'} + {len(chosen.ablations)} "
-                 f"ablation(s) on {len(ablation_runs)} (family, seed) pair(s); {args.jobs} job(s) at once"
+                 f" + oracle of seed(s) {', '.join(map(str, oracle_seeds)) or 'none'} + "
+                 + (f"{len(chosen.ablations)} ablation(s) on {len(ablation_runs)} (family, seed) pair(s)"
+                    if chosen.ablations and ablation_runs else "no ablations") + f"; {args.jobs} job(s) at once"
                  f"{f', {threads} thread(s) each' if args.jobs > 1 else ''} → {out}")
     if share:
         progress.say(f"ladder: one source model per seed in {out / plan.SHARED_DIR}, shared by every family "

@@ -151,6 +151,25 @@ def read_global_step(path: str | os.PathLike, trust: bool = False) -> int | None
     return step if isinstance(step, int) else None
 
 
+#: the state-dict entry of an atp checkpoint holding the source labels' class share (issue #23)
+SOURCE_CLASS_SHARE = "source_class_share"
+
+
+def read_source_class_share(path: str | os.PathLike, trust: bool = False) -> list[float] | None:
+    """The source labels' class share an atp Lightning checkpoint carries (the source stage counts it and every
+    stage started from it keeps it); None for a checkpoint without it (other formats, older atp files) or that
+    could not be read (reading the weights reports why)."""
+    try:
+        obj = _unpickle(Path(path), trust)
+    except CheckpointError:
+        return None
+    state = obj.get("state_dict") if isinstance(obj, Mapping) else None
+    share = state.get(SOURCE_CLASS_SHARE) if isinstance(state, Mapping) else None
+    if not torch.is_tensor(share) or float(share.sum()) <= 0:  # all zeros: a source run that never trained
+        return None
+    return [float(v) for v in share.tolist()]
+
+
 _PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                      "pytorch_model.bin.index.json")
 

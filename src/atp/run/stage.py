@@ -22,6 +22,7 @@ from atp.data import build_datamodule
 from atp.data.check import DatasetCheckError, check_dataset, raise_on_problems
 from atp.errors import StageInterrupted, UserError
 from atp.loggers import build_loggers
+from atp.models.weights import read_source_class_share
 from atp.run.callbacks import requeue_callback, stage_callbacks
 from atp.run.checkpoint_io import AtomicCheckpointIO
 from atp.run.distributed import on_main_process
@@ -60,7 +61,8 @@ def run_stage(
     pl.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model)
     init_note = load_initial_weights(model, cfg, init_path, stage)
-    module = build_training_module(cfg, model)
+    inherited = None if init_path is None else read_source_class_share(init_path, trust=bool(cfg.trust_checkpoints))
+    module = build_training_module(cfg, model, inherited)
 
     manifest = start_manifest(cfg, run_dir, sweep_dir, key, init_path, init_run, init_note)
     if previous and resume_path:
@@ -117,11 +119,14 @@ def check_data(cfg: DictConfig) -> None:
         raise UserError(str(err)) from err
 
 
-def build_training_module(cfg: DictConfig, model: torch.nn.Module) -> pl.LightningModule:
-    """The stage module around ``model``, with ``channels_last`` and ``compile`` applied."""
+def build_training_module(cfg: DictConfig, model: torch.nn.Module,
+                          source_class_share: list[float] | None = None) -> pl.LightningModule:
+    """The stage module around ``model`` (``source_class_share``: what the init checkpoint carries), with
+    ``channels_last`` and ``compile`` applied."""
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
+    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed,
+                                source_class_share=source_class_share)
     if cfg.compile:
         module.student.compile()
         if hasattr(module, "teacher"):
@@ -171,6 +176,9 @@ def finish(trainer: pl.Trainer, module: pl.LightningModule, datamodule, run_dir:
         if trainer.is_global_zero:
             pipeline.write_manifest(run_dir, manifest)
         raise
+    share = getattr(module, "source_class_share", None)
+    if share is not None and float(share.sum()) > 0:  # the prior the next stages read (issue #23)
+        manifest["source_class_share"] = [round(float(v), 6) for v in share.tolist()]
     mark_complete(manifest, run_dir, final, ckpt_dir / "last.ckpt", trainer.global_step, started)
     if trainer.is_global_zero:
         pipeline.write_manifest(run_dir, manifest)

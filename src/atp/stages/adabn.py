@@ -45,10 +45,11 @@ class AdaBNStage(SegStage):
         log_interval: int = 50,
         collapse_share: float = 0.6,
         collapse_patience: int = 3,
+        source_class_share: list[float] | None = None,
     ) -> None:
         super().__init__(model, optim={}, schedule={}, eval=eval, num_classes=num_classes, seed=seed,
                          log_interval=log_interval, collapse_share=collapse_share,
-                         collapse_patience=collapse_patience)
+                         collapse_patience=collapse_patience, source_class_share=source_class_share)
         if num_batches is not None and num_batches < 1:
             raise ValueError(f"stage.module.num_batches must be at least 1 (or null for one pass), got {num_batches}")
         self.num_batches = None if num_batches is None else int(num_batches)

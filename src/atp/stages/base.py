@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from atp.data.labels import CLASS_NAMES
+from atp.errors import UserError
 from atp.inference import acdc_class_prior_weights, segment
 from atp.metrics import SegMetric
 
@@ -103,6 +104,7 @@ class SegStage(pl.LightningModule):
         log_interval: int = 50,
         collapse_share: float = 0.6,
         collapse_patience: int = 3,
+        source_class_share: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -121,6 +123,13 @@ class SegStage(pl.LightningModule):
                                     class_names=CLASS_NAMES[:num_classes], validate_args=False)
         prior = acdc_class_prior_weights() if self.eval_cfg.get("acdc_class_prior") else None
         self.register_buffer("class_prior", prior, persistent=False)
+        # The share of each class among the source labels (issue #23): counted by the source stage, carried
+        # by every stage's checkpoint from the one it started from; None (not saved) when unknown.
+        if source_class_share is not None and len(source_class_share) != num_classes:
+            raise UserError(f"the init_from checkpoint carries a source class share of {len(source_class_share)} "
+                            f"classes, but dataset.num_classes is {num_classes}: start from a model of this dataset")
+        share = None if source_class_share is None else torch.tensor(list(source_class_share), dtype=torch.float32)
+        self.register_buffer("source_class_share", share)
 
     # ------------------------------------------------------------------ optimisation
     def trainable_named_parameters(self):

@@ -21,6 +21,7 @@ from atp.data.datamodule import one_pass_batches
 from atp.data.labels import IGNORE_INDEX
 from atp.data.prepare import source_class_share
 from atp.data.transforms import MEAN, STD
+from atp.errors import UserError
 from atp.stages.base import SegStage, _plain
 
 
@@ -64,8 +65,8 @@ class MeanTeacherStage(SegStage):
         if self.prior_strength < 0:
             raise ValueError(f"stage.module.prior_correction.strength must be >= 0 (0 = off), got {self.prior_strength}")
         if self.prior_strength > 0:
-            prior = source_class_share(correction.get("prior"), self.num_classes)
-            self.register_buffer("source_class_prior", torch.tensor(prior, dtype=torch.float32))
+            self.register_buffer("source_class_prior", torch.tensor(self._prior(correction.get("prior")),
+                                                                    dtype=torch.float32))
         # the running share, for the balancing weights and/or the correction; only built when one is on, so
         # checkpoints of the paper recipe keep their keys (with power 0 the CE stays unweighted)
         tracked = balance["power"] > 0 or self.prior_strength > 0
@@ -76,6 +77,20 @@ class MeanTeacherStage(SegStage):
         aug = dict(_plain(strong_aug) or {})
         self.strong_aug = StrongAugment(mean=MEAN, std=STD, **aug)
         self.crop_cfg = dict(_plain(crop) or {"size": None})
+
+    def _prior(self, given: Any) -> list[float]:
+        """The prior of the correction: ``prior_correction.prior`` when given (a list or a stats-file path), else
+        the source labels' class share the checkpoint this stage started from carries."""
+        if given is not None:
+            return source_class_share(given, self.num_classes)
+        if self.source_class_share is None or float(self.source_class_share.sum()) <= 0:
+            raise UserError(
+                "stage.module.prior_correction needs the source labels' class share: the checkpoint this stage "
+                "starts from carries none (a released checkpoint, or one trained before atp recorded it). Give "
+                "stage.module.prior_correction.prior= the source's sample_class_stats.json (python -m "
+                f"atp.data.prepare dataset=<name> writes it) or a list of {self.num_classes} class shares, or "
+                "set stage.module.prior_correction.strength=0")
+        return self.source_class_share.tolist()
 
     def on_train_start(self) -> None:
         if self.global_step == 0:  # a new stage (not a resume): the teacher starts as the student

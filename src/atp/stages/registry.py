@@ -29,7 +29,8 @@ __all__ = ["DATA_MODES", "PROVIDED_OPTIONS", "STAGES", "build_stage_module", "ch
 
 DATA_MODES = ("source", "target", "easy_hard")
 #: constructor arguments the run layer passes to every stage (never set in ``stage.module``)
-PROVIDED_OPTIONS = {"model": "the model= config group", "num_classes": "dataset.num_classes", "seed": "seed"}
+PROVIDED_OPTIONS = {"model": "the model= config group", "num_classes": "dataset.num_classes", "seed": "seed",
+                    "source_class_share": "the init_from checkpoint (the source labels' class share it carries)"}
 CHAIN = "chain"  # stage=chain: the default chain in one job (conf/stage/chain.yaml), not a module
 
 
@@ -161,10 +162,12 @@ def _target_class(target: Any) -> type | None:
 
 
 def build_stage_module(stage_cfg: DictConfig | Mapping[str, Any], *, model: torch.nn.Module, num_classes: int,
-                       seed: int) -> SegStage:
+                       seed: int, source_class_share: list[float] | None = None) -> SegStage:
     """The stage's LightningModule: options checked (:func:`check_stage_options`), then Hydra-instantiated.
 
-    ``model`` becomes the student; ``num_classes`` and ``seed`` are the run's. Every option reaches the
+    ``model`` becomes the student; ``num_classes`` and ``seed`` are the run's; ``source_class_share`` the
+    share of each class among the source labels, as the checkpoint the stage starts from carries it (None:
+    unknown). Every option reaches the
     constructor as a plain container (``_convert_="all"``), so the checkpoint's hyper-parameters load
     with ``torch.load(weights_only=True)``.
     """
@@ -177,4 +180,4 @@ def build_stage_module(stage_cfg: DictConfig | Mapping[str, Any], *, model: torc
         make = instantiate(module_cfg, _partial_=True, _convert_="all")
     except InstantiationException as err:
         raise UserError(f"stage={_stage_name(stage_cfg)}: stage.module cannot be built: {err}") from err
-    return make(model=model, num_classes=num_classes, seed=seed)
+    return make(model=model, num_classes=num_classes, seed=seed, source_class_share=source_class_share)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from atp.adaptation import StrongAugment
 from atp.data.labels import IGNORE_INDEX
+from atp.data.prepare import labels_class_share
 from atp.data.transforms import MEAN, STD
 from atp.stages.base import SegStage, _plain
 
@@ -32,6 +33,18 @@ class SourceStage(SegStage):
         super().__init__(model, **kwargs)
         aug = _plain(strong_aug)
         self.strong_aug = None if aug is None else StrongAugment(mean=MEAN, std=STD, **dict(aug))
+        # counted from the source labels when training starts (all zeros until then: unknown)
+        self.source_class_share = torch.zeros(self.num_classes)
+
+    def on_train_start(self) -> None:
+        """Record the share of each class among the source labels this model learns from (issue #23): the
+        prior that Teach's and Propagate's prior correction reads from the checkpoints of this chain. A statistic
+        of the source training, so adaptation stays source-free. Kept as it is on a resume."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.global_step > 0 or not hasattr(datamodule, "dataset"):
+            return
+        share = labels_class_share(datamodule.dataset("source"), self.num_classes)
+        self.source_class_share = torch.tensor(share, dtype=torch.float32, device=self.device)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self.begin_step()
