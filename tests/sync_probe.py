@@ -1,10 +1,14 @@
 """Count, on a CPU, the calls of a training step that would stop the host for the device on a GPU.
 
 A GPU host synchronisation is any call that needs a device tensor's *values* on the host: ``item``,
-``bool``/``float``/``int``/``index`` of a tensor, ``tolist``, ``numpy``, ``cpu``/``to("cpu")``, ``torch.equal``,
-and every op whose output shape depends on the data (``nonzero``, ``unique``, ``masked_select``, boolean
-indexing, ``bincount``, ``repeat_interleave`` without ``output_size``, one-argument ``where``). On a CPU
-every tensor lives on the host, so :class:`SyncProbe` tracks where each tensor *would* live on a GPU:
+``bool``/``float``/``int``/``index``/``complex`` of a tensor, ``tolist``, ``numpy``, ``np.asarray``,
+``cpu``/``to("cpu")``, ``torch.equal``, formatting (``repr``, ``str``, f-strings, ``%s``), ``x in tensor``, and
+every op whose output shape depends on the data (``nonzero``, ``unique``, ``masked_select``, boolean indexing,
+``bincount``, ``repeat_interleave`` without ``output_size``, one-argument ``where``). A blocking host-to-device
+copy synchronises too (CUDA copies from pageable memory and then waits for the stream, which CUDA's sync-debug
+mode reports): ``torch.tensor``/``as_tensor``/``asarray`` of host data with a device, ``host.to(<device>)``,
+``host.cuda()`` and ``device.copy_(host)``, unless ``non_blocking=True``. On a CPU every tensor lives on the
+host, so :class:`SyncProbe` tracks where each tensor *would* live on a GPU:
 
 * a tensor the probe did not see being made (parameters, gradients, optimiser state, the batch, buffers)
   is a device tensor;
@@ -31,8 +35,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "equal",
-          "is_nonzero", "allclose"}
+_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__", "__complex__",
+          "equal", "is_nonzero", "allclose", "__array__", "__repr__", "__format__", "__contains__"}
+_FROM_HOST_DATA = {"tensor", "as_tensor", "asarray"}  # factories that copy their (host) data
 _DATA_SHAPED = {"nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount"}
 
 
@@ -59,6 +64,11 @@ def _moves_to_device(name: str, args, kwargs) -> bool:
 
 def _moves_to_host(name: str, args, kwargs) -> bool:
     return _target_device(name, args, kwargs) == "cpu"
+
+
+def _non_blocking(name: str, args, kwargs) -> bool:
+    """``non_blocking=True`` of ``to``/``cuda``/``copy_``, by keyword or by position (a ``True`` argument)."""
+    return bool(kwargs.get("non_blocking")) or any(a is True for a in args[1:])
 
 
 @dataclass
@@ -111,8 +121,22 @@ class SyncProbe(TorchFunctionMode):
                 counted = f"{name}[bool mask]"
         elif _moves_to_host(name, args, kwargs) and subject is not None and self.is_device(subject):
             counted = "to(cpu)"
+        elif name in _FROM_HOST_DATA and _moves_to_device(name, args, kwargs) \
+                and not any(self.is_device(t) for t in inputs):
+            counted = f"{name}(device=)"
+        elif name in ("to", "cuda") and subject is not None and not self.is_device(subject) \
+                and self._to_device(name, args, kwargs) and not _non_blocking(name, args, kwargs):
+            counted = f"{name}(device) of host"
+        elif name == "copy_" and len(args) > 1 and isinstance(args[1], torch.Tensor) and self.is_device(args[0]) \
+                and not self.is_device(args[1]) and not _non_blocking(name, args[1:], kwargs):
+            counted = "copy_(host)"
         if counted:
             self.calls.append((counted, _site()))
+
+    def _to_device(self, name: str, args, kwargs) -> bool:
+        """Whether ``to``/``cuda`` puts its result on the device: a device argument, or ``to(<device tensor>)``."""
+        other = args[1] if name == "to" and len(args) > 1 else kwargs.get("other")
+        return _moves_to_device(name, args, kwargs) or (isinstance(other, torch.Tensor) and self.is_device(other))
 
 
 def _site() -> str:

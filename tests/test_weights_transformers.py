@@ -25,10 +25,8 @@ HF_CONFIGS = {
     "mit_b5": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 6, 40, 3], "decoder_hidden_size": 768},
 }
 TOLERANCE = 1e-4  # max abs difference of the four feature maps, fp32
-pytestmark = pytest.mark.filterwarnings("ignore:.*not transferable:UserWarning")
-
-
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*not transferable:UserWarning"),
+              pytest.mark.usefixtures("single_thread")]
 
 
 def _perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

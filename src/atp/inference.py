@@ -60,7 +60,8 @@ def segment_probs(
 
     ``model`` maps images to logits at any resolution (a ``Segmentor`` gives 1/4). ``mode`` is
     ``whole`` (one pass over the resized image) or ``slide`` (windows of ``crop_size`` at ``stride``);
-    ``flip`` averages with the mirrored pass; ``class_prior`` (C,) multiplies the probabilities.
+    ``flip`` averages with the mirrored pass; ``class_prior`` (C,) multiplies the probabilities at the
+    input's (resized) resolution, which are then upsampled to ``out_size`` (spec §11, the DANNet prior).
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"eval.mode must be 'whole' or 'slide', got {mode!r}")
@@ -72,8 +73,10 @@ def segment_probs(
             raise ValueError("eval.mode=slide needs eval.crop_size and eval.stride")
         return _slide_logits(model, x, crop_size, stride)
 
+    size = tuple(out_size) if class_prior is None else tuple(img.shape[-2:])
+
     def probs_of(x: torch.Tensor) -> torch.Tensor:
-        logits = F.interpolate(logits_of(x).float(), size=tuple(out_size), mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits_of(x).float(), size=size, mode="bilinear", align_corners=False)
         return logits.softmax(dim=1)
 
     probs = probs_of(img)
@@ -81,6 +84,7 @@ def segment_probs(
         probs = 0.5 * (probs + probs_of(img.flip(-1)).flip(-1))
     if class_prior is not None:
         probs = probs * class_prior.to(probs.device).view(1, -1, 1, 1)
+        probs = F.interpolate(probs, size=tuple(out_size), mode="bilinear", align_corners=False)
     return probs
 
 
