@@ -225,3 +225,17 @@ def test_fused_ce_and_negative_equals_the_separate_losses_and_their_gradients(wi
     assert negative.item() == pytest.approx(expected_neg.item(), rel=1e-5)
     torch.testing.assert_close(probs, logits.softmax(dim=1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_diversity_toward_a_prior_is_the_kl_of_the_normalised_marginal():
+    probs = [softmax(px) for px in PIXEL_LOGITS]
+    weights = [math.exp(-3.0 * norm_entropy(p)) for p in probs]
+    mass = [sum(w * p[c] for w, p in zip(weights, probs, strict=True)) / 2 for c in range(3)]
+    share = [m / sum(mass) for m in mass]
+    prior = [0.5, 0.3, 0.2]
+    expected = sum(s * math.log(s / q) for s, q in zip(share, prior, strict=True)) / math.log(3)
+    got = diversity_loss(as_map(PIXEL_LOGITS), alpha=3.0, prior=torch.tensor(prior, dtype=torch.float64))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # a uniform prior: 1 − Ĥ(m̂), the paper's term up to the normalisation of m
+    uniform = diversity_loss(as_map(PIXEL_LOGITS), alpha=3.0, prior=torch.full((3,), 1 / 3, dtype=torch.float64))
+    assert uniform.item() == pytest.approx(1 + sum(s * math.log(s) for s in share) / math.log(3), rel=1e-6)

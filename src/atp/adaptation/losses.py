@@ -43,12 +43,16 @@ def curriculum_entropy_loss(logits: torch.Tensor, gamma: float = 5.0) -> torch.T
     return ((1.0 - entropy).pow(gamma) * entropy).mean()
 
 
-def diversity_loss(logits: torch.Tensor, alpha: float = 3.0, bug_compat: bool = False) -> torch.Tensor:
+def diversity_loss(logits: torch.Tensor, alpha: float = 3.0, bug_compat: bool = False,
+                   prior: torch.Tensor | None = None) -> torch.Tensor:
     """L_div = −Ĥ(m), m_c = (1/N) Σ_i w_i p_ic with detached w_i = exp(−α H_i) (§5.2); m is not renormalised.
 
     `bug_compat=True` computes the variant described in spec §5.2 / #4: p permuted to (B, H, W, C) and
     read as C rows of N values, weights flattened in (H, W, B) order, so m_c mixes classes and pixels.
     (The released code's three transposes actually give (C, H, W, B), which equals the default.)
+    `prior` ([I], a (C,) class share): the term pulls m toward it instead of toward uniform,
+    KL(m̂ ‖ prior) / log C with m̂ = m / Σ_c m_c (a uniform prior gives 1 − Ĥ(m̂)); shares below 1e-6
+    count as 1e-6, so a class the source never shows is pushed down, not to an infinite loss.
     """
     log_probs = F.log_softmax(logits.float(), dim=1)
     probs = log_probs.exp()
@@ -62,6 +66,11 @@ def diversity_loss(logits: torch.Tensor, alpha: float = 3.0, bug_compat: bool = 
         class_mass = (rows * flat_weights).sum(1) / num_pixels
     else:
         class_mass = (probs * weights.unsqueeze(1)).sum((0, 2, 3)) / num_pixels
+    if prior is not None:
+        share = class_mass / class_mass.sum()
+        target = prior.float().clamp_min(1e-6)
+        target = target / target.sum()
+        return (share * (torch.log(share + _LOG_EPS) - torch.log(target))).sum() / math.log(num_classes)
     mass_entropy = -(class_mass * torch.log(class_mass + _LOG_EPS)).sum() / math.log(num_classes)
     return -mass_entropy
 

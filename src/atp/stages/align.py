@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from atp.adaptation import curriculum_entropy_loss, diversity_loss
+from atp.errors import UserError
 from atp.stages.mean_teacher import MeanTeacherStage
 
 
@@ -35,9 +36,17 @@ class AlignStage(MeanTeacherStage):
         div_bug_compat: bool = False,
         freeze_decoder: bool = False,
         freeze_decoder_bn: bool | None = None,
+        div_toward: str = "uniform",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        if div_toward not in ("uniform", "source_prior"):
+            raise ValueError(f"stage.module.div_toward must be 'uniform' or 'source_prior', got {div_toward!r}")
+        if div_toward == "source_prior" and self.source_class_share is None:
+            raise UserError("stage.module.div_toward=source_prior needs the source labels' class share, which the "
+                            "checkpoint this stage starts from does not carry (train the source with this atp, or "
+                            "set stage.module.div_toward=uniform)")
+        self.div_toward = div_toward
         self.cel_weight, self.cel_gamma = cel_weight, cel_gamma
         self.div_weight, self.div_alpha, self.div_bug_compat = div_weight, div_alpha, div_bug_compat
         self.freeze_decoder = freeze_decoder
@@ -67,8 +76,14 @@ class AlignStage(MeanTeacherStage):
         strong = self.strong_aug.apply(images, params, aug_generator)
         logits = self.upsample(self.student(strong), strong.shape[-2:])
         cel = curriculum_entropy_loss(logits, gamma=self.cel_gamma)
-        div = diversity_loss(logits, alpha=self.div_alpha, bug_compat=self.div_bug_compat)
+        prior = self.source_class_share if self.div_toward == "source_prior" else None
+        div = diversity_loss(logits, alpha=self.div_alpha, bug_compat=self.div_bug_compat, prior=prior)
         loss = self.cel_weight * cel + self.div_weight * div
         self.manual_backward(loss)
         self.finish_step()
-        self.log_terms({"loss/cel": cel, "loss/div": div, "loss/total": loss})
+        terms = {"loss/cel": cel, "loss/div": div, "loss/total": loss}
+        if self.should_log() and self.source_class_share is not None:
+            # how far the (confidence-weighted) predicted class share has drifted from the source's (issue #23)
+            terms["drift/marginal_kl_source"] = diversity_loss(logits.detach(), alpha=self.div_alpha,
+                                                               prior=self.source_class_share)
+        self.log_terms(terms)
