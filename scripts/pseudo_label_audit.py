@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from atp.config import compose_cli
 from atp.data import build_datamodule
-from atp.data.config import compose_cli
 from atp.data.labels import CLASS_NAMES
 from atp.evaluate import load_model, segment_options
 from atp.inference import segment_probs

@@ -29,7 +29,7 @@ def data_fixture_copy(data_fixture_root, tmp_path) -> Path:
 def data_compose() -> Callable[..., DictConfig]:
     """``data_compose(name, data_dir, *overrides)`` → the composed ``dataset`` node of conf/dataset/<name>.yaml,
     with scales set to the 64×32 fixture size and 16×16 crops unless overridden."""
-    from atp.data.config import compose_cli
+    from atp.config import compose_cli
 
     def compose(name: str, data_dir: Path, *overrides: str) -> DictConfig:
         args = [f"dataset={name}", f"paths.data_dir={data_dir}"]

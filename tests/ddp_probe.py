@@ -22,9 +22,9 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 import atp.train
+from atp.config import CONF_DIR
 from atp.run.divergence import batch_names
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PROBE_DIR = Path(os.environ["ATP_PROBE_DIR"])
 RANK = int(os.environ.get("LOCAL_RANK", "0"))  # set for the re-launched ranks from their start
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC

@@ -9,7 +9,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from atp.config import CONF_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
     "experiment=toy_cpu",

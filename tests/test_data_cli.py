@@ -119,7 +119,7 @@ def test_prepare_synthia_16bit(data_fixture_copy):
 
 
 def data_compose_free(name, data_dir):
-    from atp.data.config import compose_cli
+    from atp.config import compose_cli
 
     return compose_cli([f"dataset={name}", f"paths.data_dir={data_dir}"]).dataset
 

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from atp.evaluate import evaluate
-from tests.stage_helpers import CONF_DIR
+from tests.stage_helpers import CONF_DIR, REPO_ROOT
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -91,7 +91,7 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "atp.evaluate", f"ckpt={ckpt}", "model=mitb0", "dataset=gta2cs",
          f"paths.data_dir={tmp_path / 'nodata'}", "device=cpu", f"output_dir={tmp_path / 'out'}"],
-        capture_output=True, text=True, timeout=300, cwd=CONF_DIR.parent,
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -22,7 +22,7 @@ from atp.errors import UserError
 from atp.evaluate import evaluate, export
 from atp.export import SERVER_FORMATS, TRAIN_ID_TO_LABEL_ID, encode_prediction
 from tests.data_trees import write_acdc, write_cityscapes, write_dark_zurich, write_test_splits
-from tests.stage_helpers import CONF_DIR
+from tests.stage_helpers import CONF_DIR, REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_missing_test_split_is_one_clear_line(checkpoint, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "atp.evaluate", f"ckpt={checkpoint}", "model=mitb0_lite", "dataset=gta2cs",
          f"paths.data_dir={tmp_path / 'data'}", "device=cpu", f"output_dir={tmp_path / 'out'}", "export=cityscapes"],
-        capture_output=True, text=True, timeout=300, cwd=CONF_DIR.parent,
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
     )
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

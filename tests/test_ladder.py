@@ -3,7 +3,6 @@
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -178,13 +177,13 @@ def test_ladder_second_invocation_reruns_nothing(ladder_run, capsys):
 
 
 @pytest.mark.slow
-def test_failing_family_is_reported_with_its_log_and_the_others_finish(ladder_run, tmp_path, monkeypatch, capsys):
+def test_failing_family_is_reported_with_its_log_and_the_others_finish(ladder_run, tmp_path, capsys):
     out, args, _, _ = ladder_run
-    conf = Path(shutil.copytree(CONF_DIR, tmp_path / "conf"))
-    (conf / "dataset" / "toy_broken.yaml").write_text(
+    # a family of the user's own config folder, which the ladder and its jobs find through Hydra's search path
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset" / "toy_broken.yaml").write_text(
         "defaults:\n  - toy\n  - _self_\nname: toy_broken\nsource:\n  root: ${paths.data_dir}/no_such_folder\n")
-    monkeypatch.setenv("ATP_CONF_DIR", str(conf))  # the ladder and its jobs find the families here
-    overrides = args[args.index("--out") + 2:]
+    overrides = [*args[args.index("--out") + 2:], f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]
     code = ladder_main(["--families", "toy_broken,toy", "--seeds", "76", "--stages", ",".join(STAGES),
                         "--methods", "none", "--no-oracle", "--out", str(out), *overrides])
     console = capsys.readouterr().out

@@ -14,11 +14,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.stage_helpers import CONF_DIR
+from tests.stage_helpers import CONF_DIR, REPO_ROOT
 
-ROOT = CONF_DIR.parent
+ROOT = REPO_ROOT
 METHOD = ROOT / "docs" / "method.md"
-CITING = ("src", "conf", "tests", "scripts", "docs")
+CITING = ("src", "tests", "scripts", "docs")
 TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".md", ".sh", ".toml", ".txt", ".cfg"}
 #: documents other than the method specification that the code cites by section (not in this repository)
 OTHER_DOCUMENTS = ("DESIGN",)

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from atp.config import CONF_DIR
 from atp.models import DAFormerHead, MiTEncoder, ProjectionHead, Segmentor, build_segmentor
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONF = ROOT / "conf" / "model"
+MODEL_CONF = CONF_DIR / "model"
 
 
 def _fixtures_dir() -> Path | None:

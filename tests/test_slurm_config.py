@@ -3,11 +3,12 @@
 Runs without the optional extra; with it, tests/test_submitit_launcher.py also composes the launcher.
 """
 
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-LAUNCHER = Path(__file__).resolve().parents[1] / "conf" / "hydra" / "launcher" / "submitit_slurm.yaml"
+from atp.config import CONF_DIR
+
+LAUNCHER = CONF_DIR / "hydra" / "launcher" / "submitit_slurm.yaml"
 
 # Fields of hydra_plugins.hydra_submitit_launcher.config.SlurmQueueConf (and BaseQueueConf), plugin 1.2.
 SLURM_QUEUE_FIELDS = {

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from atp.config import CONF_DIR
 from tests.stage_helpers import TINY
 
 config = pytest.importorskip("hydra_plugins.hydra_submitit_launcher.config",
                              reason="the slurm extra is not installed: pip install -e '.[dev,slurm]'")
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCHERS = ROOT / "conf" / "hydra" / "launcher"
+LAUNCHERS = CONF_DIR / "hydra" / "launcher"
 
 
 @pytest.mark.parametrize("name, schema", [("submitit_slurm", config.SlurmQueueConf),

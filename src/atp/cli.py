@@ -1,7 +1,7 @@
-"""Hydra entry points (``atp-train``, ``atp-evaluate``) that find ``conf/`` from any working directory.
+"""Hydra entry points (``atp-train``, ``atp-evaluate``, ``atp-predict``) on the package's config tree.
 
-``conf/`` lives at the repository root, outside the package, so a relative ``config_path`` only
-works for ``python -m`` inside the checkout; here it is an absolute path (:func:`find_conf_dir`).
+The configs ship inside the package (:data:`atp.config.CONF_DIR`), so the commands run the same from any
+working directory, installed from a wheel or from a checkout.
 """
 
 from __future__ import annotations
@@ -15,17 +15,12 @@ from collections.abc import Callable
 import hydra
 from omegaconf import DictConfig
 
-from atp.data.config import find_conf_dir
+from atp.config import CONF_DIR
 from atp.errors import UserError
 
 
 def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[..., None]]:
-    """``@hydra.main`` on ``<conf dir>/<config_name>.yaml``; without it, one line and exit status 2."""
-    try:
-        conf_dir = find_conf_dir()
-    except FileNotFoundError:
-        conf_dir = None
-    found = conf_dir is not None and (conf_dir / f"{config_name}.yaml").is_file()
+    """``@hydra.main`` on ``<CONF_DIR>/<config_name>.yaml``; a :func:`user_errors` error is one line, exit 2."""
 
     def decorate(task: Callable[[DictConfig], None]) -> Callable[..., None]:
         @functools.wraps(task)
@@ -41,20 +36,7 @@ def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], None]], Ca
                     raise
                 sys.exit(getattr(err, "exit_code", 2))
 
-        hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir) if found else None,
-                                config_name=config_name)(guarded)
-
-        @functools.wraps(task)
-        def entry(cfg_passthrough: DictConfig | None = None) -> None:
-            if not found:
-                where = (f"ATP_CONF_DIR={os.environ['ATP_CONF_DIR']}" if os.environ.get("ATP_CONF_DIR")
-                         else "looked beside the atp sources and above the working directory")
-                print(f"error: cannot find conf/{config_name}.yaml ({where}): atp's configs live in the "
-                      "repository's conf/, outside the package. Install the checkout with pip install -e ., "
-                      "run from the checkout, or set ATP_CONF_DIR=/path/to/atp/conf", file=sys.stderr)
-                sys.exit(2)
-            return hydra_main(cfg_passthrough)
-
+        entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(guarded)
         entry.__wrapped__ = guarded  # the task with its error handling, without Hydra (tests/ddp_probe.py)
         return entry
 

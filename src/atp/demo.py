@@ -17,12 +17,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from atp import pipeline
-from atp.data.config import find_conf_dir
+from atp.config import CONF_DIR
 from atp.evaluate import evaluate_checkpoint
 from atp.stages import get_stage
 from atp.summary import collect, write_summary
 
-CONF_DIR = find_conf_dir()
 # adabn is a side branch (align still starts from source): a baseline row in the table
 STAGES = ("source", "adabn", "align", "teach", "propagate")
 

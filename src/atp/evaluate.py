@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from atp.atomic import atomic_write_json
 from atp.cli import hydra_entry
+from atp.config import CONF_DIR
 from atp.data import build_datamodule
-from atp.data.config import find_conf_dir, instantiate_entry
+from atp.data.config import instantiate_entry
 from atp.data.io import write_png_atomic
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
 from atp.errors import CheckpointError, UserError
@@ -229,7 +230,7 @@ def evaluate_checkpoint(ckpt: str | Path, out_dir: str | Path, train_cfg: DictCo
         cached = _fresh_metrics(out_dir / "metrics.json", ckpt, weights)
         if cached is not None:
             return cached
-    with initialize_config_dir(str(find_conf_dir()), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("evaluate")
     with open_dict(cfg):
         cfg.ckpt, cfg.output_dir, cfg.weights = str(ckpt), str(out_dir), weights

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 
 from atp.atomic import atomic_write_json
 from atp.bench.records import at_least, at_most, block_medians, block_ratios, format_table, measured, record
+from atp.config import CONF_DIR
 from atp.data.io import write_png_atomic
 from atp.stages import build_stage_module, default_chain
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 #: the stages of the default chain (the bare reference steps below exist for these)
 ALL_STAGES = tuple(default_chain())
 OVERHEAD_TARGET = 1.10

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from atp.data.config import OPTIONAL_ROLES, ROLES, as_config, compose_cli, instantiate_entry
+from atp.config import compose_cli
+from atp.data.config import OPTIONAL_ROLES, ROLES, as_config, instantiate_entry
 from atp.data.conversion import FileIssue, run_jobs, verify_sample
 from atp.errors import DataFileError, DatasetCheckError
 

@@ -1,10 +1,8 @@
-"""Turning ``dataset`` configs into dataset objects, and composing the CLIs' Hydra config."""
+"""Turning ``dataset`` configs into dataset objects."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,22 +29,3 @@ def instantiate_entry(cfg: DictConfig | Mapping[str, Any], role: str, **kwargs: 
     kwargs.setdefault("config_name", name)
     kwargs.setdefault("missing_fix", cfg.get("missing_data_fix"))
     return hydra.utils.instantiate(cfg[role], _convert_="all", **kwargs)
-
-
-def find_conf_dir() -> Path:
-    """The repository's ``conf/`` (env ``ATP_CONF_DIR`` wins), found upwards from this file or the cwd."""
-    if os.environ.get("ATP_CONF_DIR"):
-        return Path(os.environ["ATP_CONF_DIR"]).resolve()
-    for base in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for parent in base.parents if base.is_file() else (base, *base.parents):
-            if (parent / "conf" / "dataset").is_dir():
-                return parent / "conf"
-    raise FileNotFoundError("cannot find the conf/ folder; set ATP_CONF_DIR=/path/to/atp/conf")
-
-
-def compose_cli(argv: Sequence[str], config_name: str = "prepare") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with ``key=value`` overrides (no Hydra run dir, no logging setup)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(find_conf_dir()), version_base="1.3", job_name="atp_data"):
-        return compose(config_name, overrides=list(argv))

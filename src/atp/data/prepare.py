@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from atp.atomic import atomic_write_json, clean_stale_temp_files
-from atp.data.config import ROLES, as_config, compose_cli, instantiate_entry
+from atp.config import compose_cli
+from atp.data.config import ROLES, as_config, instantiate_entry
 from atp.data.conversion import FileIssue, convert_label, count_classes, run_jobs, unique
 from atp.data.labels import CLASS_NAMES
 from atp.errors import UserError

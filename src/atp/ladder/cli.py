@@ -84,12 +84,12 @@ def _refuse_unknown(option: str, chosen: list, allowed, why: str) -> None:
         raise UserError(f"ladder: {option} {','.join(map(str, unknown))}: {why}")
 
 
-def resolve_families(text: str) -> list[str]:
-    available = plan.discover_families()
+def resolve_families(text: str, overrides: list[str]) -> list[str]:
+    available = plan.discover_families(overrides)
     if text == "all":
         return available
     families = _names(text, "--families")
-    _refuse_unknown("--families", families, available, f"no such toy family; the conf/dataset/toy*.yaml configs "
+    _refuse_unknown("--families", families, available, f"no such toy family; the dataset/toy*.yaml configs "
                     f"are {', '.join(available) or 'none'} (or use --families all)")
     return families
 
@@ -181,10 +181,11 @@ def row_order(stages: list[str], methods: list[str]) -> list[str]:
 
 def train_config(experiment: str, family: str, overrides: list[str]):
     """The composed ``train`` config of a family: the model/data config its checkpoints are evaluated with."""
-    from atp.data.config import compose_cli
+    from atp.config import SEARCHPATH_KEY, compose_cli
 
-    return compose_cli([f"experiment={experiment}", f"dataset={family}",
-                        *(o for o in overrides if not o.lstrip("+~").startswith("hydra."))], "train")
+    # of Hydra's own keys only the search path (the user's config folders) matters to the composed config
+    kept = [o for o in overrides if not o.lstrip("+~").startswith("hydra.") or o.lstrip("+~").startswith(SEARCHPATH_KEY)]
+    return compose_cli([f"experiment={experiment}", f"dataset={family}", *kept], "train")
 
 
 def evaluate_step(step: plan.Step, train_cfg) -> dict:
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stages = resolve_stages(args.stages)
         seeds = resolve_seeds(args.seeds)
-        chosen = Selection(resolve_families(args.families), seeds, stages,
+        chosen = Selection(resolve_families(args.families, args.overrides), seeds, stages,
                            resolve_oracle_seeds(args.oracle_seeds, seeds, args.no_oracle),
                            resolve_methods(args.methods, stages), resolve_ablations(args.ablations, stages))
         if args.jobs < 1:

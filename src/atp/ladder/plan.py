@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atp import pipeline
-from atp.data.config import find_conf_dir
+from atp.config import config_dirs
 from atp.errors import UserError
 from atp.ladder.ablations import Ablation
 
@@ -33,10 +33,10 @@ RESERVED_KEYS = ("stage", "dataset", "seed", "experiment", "chain.stages", "init
 DEVELOPMENT, HELD_OUT = "development", "heldout"
 
 
-def discover_families(conf_dir: Path | None = None) -> list[str]:
-    """Every toy shift family: the ``conf/dataset/toy*.yaml`` configs (``toy`` first)."""
-    folder = (conf_dir or find_conf_dir()) / "dataset"
-    return sorted(path.stem for path in folder.glob("toy*.yaml"))
+def discover_families(overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Every toy shift family: the ``dataset/toy*.yaml`` configs of atp's config tree and of the folders a
+    ``hydra.searchpath=[…]`` override adds (``toy`` first)."""
+    return sorted({path.stem for folder in config_dirs(overrides) for path in (folder / "dataset").glob("toy*.yaml")})
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.plugins import TorchCheckpointIO
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from atp.atomic import atomic_write
 from atp.errors import CheckpointReadError, CheckpointWriteError

@@ -6,8 +6,8 @@ import logging
 import re
 from pathlib import Path
 
-from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from atp.errors import UserError
 from atp.models.weights import read_global_step
