@@ -159,7 +159,7 @@ def test_prior_correction_leaves_evaluation_alone(tmp_path):
 
 
 @pytest.mark.parametrize(("option", "words"), [("strength=-1", "strength must be >= 0"),
-                                               ("stregth=1", "takes strength and prior"),
+                                               ("stregth=1", "prior_correction.stregth is not an option. Did you mean stage.module.prior_correction.strength"),
                                                ("strength=1", "needs the source labels. class share")])
 def test_bad_prior_correction_is_refused_naming_the_key(option, words, tmp_path):
     from atp.errors import UserError

@@ -125,3 +125,30 @@ def test_source_stage_trains_on_strongly_augmented_crops_only_when_asked(strong_
     else:  # step 0 of seed 3: the stage's per-step generator
         expected = StrongAugment(MEAN, STD, **strong_aug)(images, torch.Generator().manual_seed(3 * 1_000_003))
         assert torch.equal(seen[0], expected) and not torch.allclose(seen[0], images, atol=1e-2)
+
+
+@pytest.mark.parametrize(("stage", "group", "typo", "meant"), [
+    ("source", "optim", "lrr", "lr"), ("teach", "schedule", "warmup_step", "warmup_steps"),
+    ("align", "eval", "flipp", "flip"), ("teach", "strong_aug", "blur_pp", "blur_p"), ("propagate", "crop", "tires", "tries"),
+    ("teach", "class_balance", "powr", "power"), ("propagate", "prior_correction", "stregth", "strength"),
+    ("propagate", "scl", "temprature", "temperature"), ("source", "strong_aug", "jiter_p", "jitter_p")])
+def test_misspelt_nested_option_is_named_before_any_data_are_generated(stage, group, typo, meant, tmp_path):
+    from atp.run import run_stage
+    from atp.stages.registry import option_records
+
+    record = option_records(get_stage(stage))[group]
+    data = tmp_path / "data"  # the toy data would be generated here (generate_if_missing)
+    cfg = stage_cfg(stage, data, tmp_path, tmp_path / "run", f"+stage.module.{group}.{typo}=1")
+    with pytest.raises(UserError) as err:
+        run_stage(cfg, tmp_path / "run")
+    message = str(err.value)
+    assert f"stage.module.{group}.{typo} is not an option" in message
+    assert f"Did you mean stage.module.{group}.{meant}?" in message
+    assert ", ".join(f.name for f in __import__("dataclasses").fields(record)) in message  # the valid keys
+    assert not data.exists() and not (tmp_path / "run").exists()  # nothing generated, nothing written
+
+
+def test_a_nested_group_that_is_no_mapping_is_refused_naming_it(tmp_path):
+    cfg = stage_cfg("teach", tmp_path, tmp_path, tmp_path / "run", "stage.module.class_balance=0.5")
+    with pytest.raises(UserError, match="stage.module.class_balance must be a mapping of power, momentum, floor"):
+        check_stage_options(cfg.stage)

@@ -16,6 +16,7 @@ import torch
 from atp.adaptation import batch_norms, bn_estimation_mode, forward_for_statistics
 from atp.data.datamodule import one_pass_batches
 from atp.stages.base import SegStage
+from atp.stages.options import EvalOptions
 
 
 class AdaBNStage(SegStage):
@@ -38,7 +39,7 @@ class AdaBNStage(SegStage):
     def __init__(
         self,
         model: torch.nn.Module,
-        eval: Mapping,
+        eval: EvalOptions | Mapping,
         num_batches: int | None = None,
         num_classes: int = 19,
         seed: int = 76,

@@ -16,6 +16,7 @@ from atp.data.labels import CLASS_NAMES
 from atp.errors import UserError
 from atp.inference import acdc_class_prior_weights, segment
 from atp.metrics import SegMetric
+from atp.stages.options import EvalOptions, OptimOptions, ScheduleOptions, option_group
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,9 @@ class SegStage(pl.LightningModule):
     def __init__(
         self,
         model: torch.nn.Module,
-        optim: Mapping,
-        schedule: Mapping,
-        eval: Mapping,
+        optim: OptimOptions | Mapping,
+        schedule: ScheduleOptions | Mapping,
+        eval: EvalOptions | Mapping,
         num_classes: int = 19,
         seed: int = 76,
         log_interval: int = 50,
@@ -109,9 +110,9 @@ class SegStage(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.student = model
-        self.optim_cfg = dict(_plain(optim))
-        self.schedule_cfg = dict(_plain(schedule))
-        self.eval_cfg = dict(_plain(eval))
+        self.optim_cfg = option_group(OptimOptions, _plain(optim), "optim")
+        self.schedule_cfg = option_group(ScheduleOptions, _plain(schedule), "schedule")
+        self.eval_cfg = option_group(EvalOptions, _plain(eval), "eval")
         self.num_classes = num_classes
         self.seed = int(seed)
         self.log_interval = max(int(log_interval), 1)

@@ -23,6 +23,13 @@ from atp.data.prepare import source_class_share
 from atp.data.transforms import MEAN, STD
 from atp.errors import UserError
 from atp.stages.base import SegStage, _plain
+from atp.stages.options import (
+    ClassBalanceOptions,
+    CropOptions,
+    PriorCorrectionOptions,
+    StrongAugOptions,
+    option_group,
+)
 
 
 class PseudoLabels(NamedTuple):
@@ -42,13 +49,13 @@ class MeanTeacherStage(SegStage):
         self,
         model: torch.nn.Module,
         *,
-        strong_aug: Mapping | None = None,
-        crop: Mapping | None = None,
+        strong_aug: StrongAugOptions | Mapping | None = None,
+        crop: CropOptions | Mapping | None = None,
         ema_alpha: float = 0.999,
         conf_threshold: float = 0.968,
         teacher_bn_train: bool = True,
-        class_balance: Mapping | None = None,
-        prior_correction: Mapping | None = None,
+        class_balance: ClassBalanceOptions | Mapping | None = None,
+        prior_correction: PriorCorrectionOptions | Mapping | None = None,
         bn_refresh_batches: int | None = 0,
         **kwargs: Any,
     ) -> None:
@@ -57,15 +64,13 @@ class MeanTeacherStage(SegStage):
             raise ValueError(f"stage.module.bn_refresh_batches must be >= 0 (0 = off) or null (all images), "
                              f"got {bn_refresh_batches}")
         self.bn_refresh_batches = bn_refresh_batches
-        balance = {"power": 0.0, **dict(_plain(class_balance) or {})}
-        correction = dict(_plain(prior_correction) or {})
-        if set(correction) - {"strength", "prior"}:
-            raise ValueError(f"stage.module.prior_correction takes strength and prior, got {sorted(correction)}")
-        self.prior_strength = float(correction.get("strength", 0.0))
+        balance = option_group(ClassBalanceOptions, _plain(class_balance), "class_balance")
+        correction = option_group(PriorCorrectionOptions, _plain(prior_correction), "prior_correction")
+        self.prior_strength = float(correction["strength"])
         if self.prior_strength < 0:
             raise ValueError(f"stage.module.prior_correction.strength must be >= 0 (0 = off), got {self.prior_strength}")
         if self.prior_strength > 0:
-            self.register_buffer("source_class_prior", torch.tensor(self._prior(correction.get("prior")),
+            self.register_buffer("source_class_prior", torch.tensor(self._prior(correction["prior"]),
                                                                     dtype=torch.float32))
         # the running share, for the balancing weights and/or the correction; only built when one is on, so
         # checkpoints of the paper recipe keep their keys (with power 0 the CE stays unweighted)
@@ -74,9 +79,9 @@ class MeanTeacherStage(SegStage):
         self.teacher = EMATeacher(self.student, bn_train_mode=teacher_bn_train)
         self.ema_alpha = ema_alpha
         self.conf_threshold = conf_threshold
-        aug = dict(_plain(strong_aug) or {})
-        self.strong_aug = StrongAugment(mean=MEAN, std=STD, **aug)
-        self.crop_cfg = dict(_plain(crop) or {"size": None})
+        self.strong_aug = StrongAugment(mean=MEAN, std=STD, **option_group(StrongAugOptions, _plain(strong_aug),
+                                                                           "strong_aug"))
+        self.crop_cfg = option_group(CropOptions, _plain(crop), "crop")
 
     def _prior(self, given: Any) -> list[float]:
         """The prior of the correction: ``prior_correction.prior`` when given (a list or a stats-file path), else

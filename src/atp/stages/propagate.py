@@ -21,6 +21,7 @@ from atp.adaptation import (
 from atp.data.labels import IGNORE_INDEX
 from atp.stages.base import _plain
 from atp.stages.mean_teacher import MeanTeacherStage
+from atp.stages.options import ContrastOptions, option_group
 
 
 class PropagateStage(MeanTeacherStage):
@@ -52,7 +53,7 @@ class PropagateStage(MeanTeacherStage):
         mix_enabled: bool = True,
         mix_from_weak: bool = False,
         classmix_batch_union: bool = True,
-        scl: Mapping | None = None,
+        scl: ContrastOptions | Mapping | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -63,8 +64,7 @@ class PropagateStage(MeanTeacherStage):
         self.ignore_top_rows, self.ignore_bottom_rows = ignore_top_rows, ignore_bottom_rows
         self.mix_enabled, self.mix_from_weak = mix_enabled, mix_from_weak
         self.classmix_batch_union = classmix_batch_union
-        self.scl = {"weight": 1.0, "start_step": 1500, "temperature": 100.0, "use_reg": True,
-                    "reg_weight": 1.0, "min_ratio": 0.75, "downscale": 4, **dict(_plain(scl) or {})}
+        self.scl = option_group(ContrastOptions, _plain(scl), "scl")
         feat_dim = self.student.proj_head.out_channels
         self.prototypes = PrototypeEstimator(self.num_classes, feat_dim)
 

@@ -9,10 +9,12 @@ the default chain (:func:`default_chain`), and builds a stage's LightningModule 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
 import pkgutil
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from atp.errors import UserError
 from atp.stages.base import SegStage
+from atp.stages.options import check_keys
 
 __all__ = ["DATA_MODES", "PROVIDED_OPTIONS", "STAGES", "build_stage_module", "check_stage_options",
            "default_chain", "get_stage", "stage_options"]
@@ -151,7 +154,27 @@ def check_stage_options(stage_cfg: DictConfig | Mapping[str, Any]) -> type[SegSt
     missing = [k for k in valid if options[k].default is inspect.Parameter.empty and k not in module_cfg]
     if missing:
         raise UserError(f"stage={name} needs stage.module.{missing[0]} (conf/stage/{name}.yaml sets it)")
+    plain = OmegaConf.to_container(module_cfg, resolve=False) if isinstance(module_cfg, DictConfig) else module_cfg
+    for key, record in option_records(cls).items():
+        value = plain.get(key)
+        if not (isinstance(value, str) and value.startswith("${")):  # a whole group by interpolation: unknown here
+            check_keys(record, value, key)
     return cls
+
+
+def option_records(cls: type[SegStage]) -> dict[str, type]:
+    """The constructor arguments of ``cls`` that are nested option groups, and the record (dataclass) of each,
+    read from the constructors' annotations (``scl: ContrastOptions | Mapping | None``)."""
+    records: dict[str, type] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for name, hint in typing.get_type_hints(init).items():
+            found = [t for t in typing.get_args(hint) or (hint,) if dataclasses.is_dataclass(t)]
+            if found and name in stage_options(cls):
+                records.setdefault(name, found[0])
+    return records
 
 
 def _target_class(target: Any) -> type | None:

@@ -13,6 +13,7 @@ from atp.data.labels import IGNORE_INDEX
 from atp.data.prepare import labels_class_share
 from atp.data.transforms import MEAN, STD
 from atp.stages.base import SegStage, _plain
+from atp.stages.options import StrongAugOptions, option_group
 
 
 class SourceStage(SegStage):
@@ -29,10 +30,12 @@ class SourceStage(SegStage):
     default_init = None  # ImageNet encoder from model.imagenet_init when given, else random
     chain_position = 0
 
-    def __init__(self, model: torch.nn.Module, strong_aug: Mapping | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: torch.nn.Module, strong_aug: StrongAugOptions | Mapping | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         aug = _plain(strong_aug)
-        self.strong_aug = None if aug is None else StrongAugment(mean=MEAN, std=STD, **dict(aug))
+        self.strong_aug = (None if aug is None else
+                           StrongAugment(mean=MEAN, std=STD, **option_group(StrongAugOptions, aug, "strong_aug")))
         # counted from the source labels when training starts (all zeros until then: unknown)
         self.source_class_share = torch.zeros(self.num_classes)
 
