@@ -202,8 +202,9 @@ DOCUMENTED_DIFFERENCES = {
                              "the spec's [I] default follows the paper figure; the config keeps the code's "
                              "behaviour (conf/stage/align.yaml; toy_cpu freezes it)"),
     "eval.acdc_class_prior": (ALL, "stage.module.eval.acdc_class_prior", False,
-                              "the prior applies to ACDC images only (spec §11, report both): validation runs "
-                              "without it, atp.evaluate takes dataset.acdc_class_prior (true for cs2acdc_*)"),
+                              "the prior applies to ACDC images only (spec §11): validation and atp.evaluate "
+                              "take dataset.acdc_class_prior (conf/eval), false for gta2cs, true for cs2acdc_*; "
+                              "eval.acdc_class_prior=false reports without it"),
     "eval.class_subsets.syn16": (ALL, "dataset.class_subsets", ["all19"],
                                  "SYNTHIA's subsets (spec §2.3) are reported for syn2cs only"),
     "eval.class_subsets.syn13": (ALL, "dataset.class_subsets", ["all19"],

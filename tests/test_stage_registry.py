@@ -152,3 +152,9 @@ def test_a_nested_group_that_is_no_mapping_is_refused_naming_it(tmp_path):
     cfg = stage_cfg("teach", tmp_path, tmp_path, tmp_path / "run", "stage.module.class_balance=0.5")
     with pytest.raises(UserError, match="stage.module.class_balance must be a mapping of power, momentum, floor"):
         check_stage_options(cfg.stage)
+
+
+def test_a_misspelt_key_of_the_shared_eval_group_is_named_too(tmp_path):
+    cfg = stage_cfg("align", tmp_path, tmp_path, tmp_path / "run", "+eval.flipp=true")
+    with pytest.raises(UserError, match=r"stage.module.eval.flipp is not an option. Did you mean stage.module.eval.flip\?"):
+        check_stage_options(cfg.stage)

@@ -157,9 +157,19 @@ def check_stage_options(stage_cfg: DictConfig | Mapping[str, Any]) -> type[SegSt
     plain = OmegaConf.to_container(module_cfg, resolve=False) if isinstance(module_cfg, DictConfig) else module_cfg
     for key, record in option_records(cls).items():
         value = plain.get(key)
-        if not (isinstance(value, str) and value.startswith("${")):  # a whole group by interpolation: unknown here
-            check_keys(record, value, key)
+        if isinstance(value, str) and value.startswith("${"):  # a whole group by interpolation (eval: ${eval})
+            value = _resolved_group(module_cfg, key)
+        check_keys(record, value, key)
     return cls
+
+
+def _resolved_group(module_cfg: Any, key: str) -> dict | None:
+    """The keys of an interpolated group, or None when it cannot be resolved here (no root config)."""
+    try:
+        node = module_cfg[key]
+    except Exception:  # omegaconf's resolution errors have no common base besides Exception
+        return None
+    return OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else None
 
 
 def option_records(cls: type[SegStage]) -> dict[str, type]:
