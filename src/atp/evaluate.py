@@ -19,7 +19,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from tqdm import tqdm
 
 from atp.atomic import atomic_write_json
 from atp.cli import hydra_entry
@@ -33,6 +32,7 @@ from atp.export import check_dataset_fits, export_predictions, server_format
 from atp.inference import acdc_class_prior_weights, resolve_device, segment_probs
 from atp.metrics import SegMetric
 from atp.models.weights import infer_segmentor_config, load_segmentor, read_checkpoint
+from atp.progress import tracked
 from atp.wandb_panels import image_tile
 
 log = logging.getLogger("atp.evaluate")
@@ -154,7 +154,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict:
     vis_dir.mkdir(parents=True, exist_ok=True)
     written = 0
     with torch.no_grad():
-        for index, batch in enumerate(tqdm(loader, desc="evaluate", unit="batch", disable=not progress)):
+        for index, batch in enumerate(tracked(loader, "evaluate", disable=not progress)):
             if cfg.limit_batches is not None and index >= cfg.limit_batches:
                 break
             label = batch["label"].to(device).long()  # loaders deliver uint8 labels; the metric takes int64

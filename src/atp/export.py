@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from atp.data.datamodule import collate_samples
 from atp.data.datasets import ACDCDataset, CityscapesDataset, DarkZurichDataset, SegmentationDataset
@@ -37,6 +36,7 @@ from atp.data.io import write_png_atomic
 from atp.data.labels import CITYSCAPES_ID_TO_TRAIN_ID
 from atp.errors import UserError
 from atp.inference import segment_probs
+from atp.progress import tracked
 
 #: ``TRAIN_ID_TO_LABEL_ID[train_id]`` is the Cityscapes label id (0 "unlabeled" for 255 and unused values).
 TRAIN_ID_TO_LABEL_ID = np.zeros(256, np.uint8)
@@ -172,7 +172,7 @@ def export_predictions(
                         collate_fn=collate_samples)
     images = 0
     with torch.no_grad():
-        for index, batch in enumerate(tqdm(loader, desc=f"export {fmt.name}", unit="batch", disable=not progress)):
+        for index, batch in enumerate(tracked(loader, f"export {fmt.name}", disable=not progress)):
             if limit_batches is not None and index >= limit_batches:
                 break
             for b in range(batch["img"].shape[0]):

@@ -15,7 +15,7 @@ import glob
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
+from rich.progress import Progress
 
 from atp.cli import hydra_entry
 from atp.data.io import read_image, write_png_atomic
@@ -32,6 +32,7 @@ from atp.data.transforms import build_eval_transform
 from atp.errors import UnreadableFileError, UserError
 from atp.evaluate import load_model, segment_options
 from atp.inference import resolve_device, segment
+from atp.progress import live_progress, note
 
 log = logging.getLogger("atp.predict")
 
@@ -129,8 +130,9 @@ def same_size_batches(items: Iterator[tuple], batch_size: int) -> Iterator[list[
 
 
 def predict_images(predictor: Predictor, paths: list[Path], root: Path, out_dir: Path, cfg: DictConfig,
-                   summary: PredictSummary, progress: tqdm) -> None:
-    """Write the three PNGs of every readable image of ``paths``; one line per unreadable one."""
+                   summary: PredictSummary, advance: Callable[[], None]) -> None:
+    """Write the three PNGs of every readable image of ``paths``; one line per unreadable one. ``advance`` is
+    called once per file."""
 
     def readable() -> Iterator[tuple[Path, np.ndarray]]:
         for path in paths:
@@ -138,7 +140,7 @@ def predict_images(predictor: Predictor, paths: list[Path], root: Path, out_dir:
                 image = read_image(path)
             except UnreadableFileError as err:
                 skip(summary, path, str(err).removeprefix(f"{path}: "))
-                progress.update()
+                advance()
                 continue
             yield path, image
 
@@ -150,12 +152,13 @@ def predict_images(predictor: Predictor, paths: list[Path], root: Path, out_dir:
             write_png_atomic(stem.with_name(f"{stem.name}_color.png"), colours)
             write_png_atomic(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, colours, cfg.overlay_alpha))
             summary.images += 1
-            progress.update()
+            advance()
 
 
 def predict_video(predictor: Predictor, path: Path, root: Path, out_dir: Path, cfg: DictConfig,
-                  summary: PredictSummary) -> None:
-    """Write ``<name>_overlay.mp4`` (same frame rate and size); an unreadable video is skipped."""
+                  summary: PredictSummary, progress: Progress) -> None:
+    """Write ``<name>_overlay.mp4`` (same frame rate and size); an unreadable video is skipped. Its frames are
+    counted on a task of ``progress`` that goes when the video is done."""
     capture = cv2.VideoCapture(str(path))
     ok, first = capture.read() if capture.isOpened() else (False, None)
     if not ok:
@@ -182,15 +185,16 @@ def predict_video(predictor: Predictor, path: Path, root: Path, out_dir: Path, c
 
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     written = 0
+    task = progress.add_task(path.name, total=total)
     try:
-        with tqdm(total=total, desc=path.name, unit="frame", leave=False) as bar:
-            for batch in same_size_batches(frames(), int(cfg.batch_size)):
-                rgb = [frame for (frame,) in batch]
-                for frame, train_ids in zip(rgb, predictor(rgb), strict=True):
-                    writer.write(cv2.cvtColor(overlay(frame, colourise(train_ids), cfg.overlay_alpha), cv2.COLOR_RGB2BGR))
-                    written += 1
-                bar.update(len(rgb))
+        for batch in same_size_batches(frames(), int(cfg.batch_size)):
+            rgb = [frame for (frame,) in batch]
+            for frame, train_ids in zip(rgb, predictor(rgb), strict=True):
+                writer.write(cv2.cvtColor(overlay(frame, colourise(train_ids), cfg.overlay_alpha), cv2.COLOR_RGB2BGR))
+                written += 1
+            progress.advance(task, len(rgb))
     finally:
+        progress.remove_task(task)
         capture.release()
         writer.release()
     os.replace(partial, target)
@@ -201,7 +205,7 @@ def predict_video(predictor: Predictor, path: Path, root: Path, out_dir: Path, c
 def skip(summary: PredictSummary, path: Path, reason: str) -> None:
     """Report an unreadable input in one line and remember it."""
     summary.skipped.append(str(path))
-    tqdm.write(f"atp.predict: skipped {path}: {reason}", file=sys.stderr)
+    note(f"atp.predict: skipped {path}: {reason}")
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -220,11 +224,12 @@ def predict(cfg: DictConfig) -> PredictSummary:
     summary = PredictSummary()
     videos = [path for path in files if path.suffix.lower() in VIDEO_SUFFIXES]
     images = [path for path in files if path.suffix.lower() not in VIDEO_SUFFIXES]
-    with tqdm(total=len(files), desc="predict", unit="file") as progress:
-        predict_images(predictor, images, root, out_dir, cfg, summary, progress)
+    with live_progress() as progress:
+        files_task = progress.add_task("predict", total=len(files))
+        predict_images(predictor, images, root, out_dir, cfg, summary, lambda: progress.advance(files_task))
         for path in videos:
-            predict_video(predictor, path, root, out_dir, cfg, summary)
-            progress.update()
+            predict_video(predictor, path, root, out_dir, cfg, summary, progress)
+            progress.advance(files_task)
     return summary
 
 

@@ -1,8 +1,19 @@
-"""The Rich progress bar of a stage: named after the stage and counted in steps, not epochs."""
+"""Progress bars, all with Rich: a stage's training bar (a Lightning callback) and the bars of the commands
+that loop over images or files (evaluation, export, ranking, prediction, label conversion). Bars go to
+standard error, so standard output keeps only what a command reports."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
 from pytorch_lightning.callbacks import RichProgressBar
+from rich.console import Console
+from rich.progress import Progress, track
+
+T = TypeVar("T")
+_CONSOLE = Console(stderr=True)
 
 
 class StageProgressBar(RichProgressBar):
@@ -18,3 +29,32 @@ class StageProgressBar(RichProgressBar):
     @property
     def validation_description(self) -> str:
         return f"{self.label} target val"
+
+
+def tracked(items: Iterable[T], description: str, total: int | None = None, transient: bool = False,
+            disable: bool = False) -> Iterable[T]:
+    """``items`` with a bar that advances once per item (``transient``: the bar disappears when done)."""
+    return track(items, description=description, total=total, transient=transient, disable=disable,
+                 console=_CONSOLE)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, transient: bool = False,
+                 disable: bool = False) -> Iterator[Callable[[int], None]]:
+    """A bar advanced by hand: yields ``advance(n=1)``."""
+    if disable:
+        yield lambda n=1: None
+        return
+    with live_progress(transient) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def live_progress(transient: bool = False) -> Progress:
+    """A Rich ``Progress`` on standard error for bars with several tasks (use it as a context manager)."""
+    return Progress(*Progress.get_default_columns(), console=_CONSOLE, transient=transient)
+
+
+def note(message: str) -> None:
+    """A line on standard error that stays above any running bar."""
+    _CONSOLE.print(message, highlight=False, markup=False, soft_wrap=True)

@@ -1,4 +1,5 @@
-"""Aggregates over seeds, shared by a sweep's results (atp.summary) and the ladder (atp.ladder)."""
+"""Aggregates over seeds and the markdown table writer, shared by a sweep's results (atp.summary) and the
+ladder (atp.ladder)."""
 
 from __future__ import annotations
 
@@ -11,3 +12,10 @@ def spread(values: list[float]) -> dict | None:
         return None
     std = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table: ``header`` and one line per row of cells (already formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ from pathlib import Path
 from atp import pipeline
 from atp.atomic import atomic_write_json, atomic_write_text
 from atp.stages import STAGES
-from atp.stats import spread
+from atp.stats import markdown_table, spread
 
 METRIC = "mIoU/all19"
 WEIGHTS = "student"
@@ -104,37 +104,32 @@ def _mean_std(summary: dict | None) -> tuple[str, str, str]:
 
 def aggregate_table(rows: list[dict]) -> str:
     """Markdown: per stage mean ± std over seeds of the final checkpoint, and the best-of-run column apart."""
-    lines = [f"| stage | dataset | model | weights | checkpoint | mIoU mean ± std | n | seeds | "
-             f"best-of-run mean ± std ({BEST_OF_RUN_NOTE}) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    cells = []
     for row in rows:
         mean, std, n = _mean_std(row["final"])
         best_mean, best_std, _ = _mean_std(row["best_of_run"])
         best = "–" if row["best_of_run"] is None else f"{best_mean} ± {best_std}"
         final = "–" if row["final"] is None else f"{mean} ± {std}"
-        lines.append(f"| {row['stage']} | {row['dataset']} | {row['model']} | {row['weights']} | {row['checkpoint']} "
-                     f"| {final} | {n} | {', '.join(map(str, row['seeds'])) or '–'} | {best} |")
-    return "\n".join(lines)
+        cells.append([row["stage"], row["dataset"], row["model"], row["weights"], row["checkpoint"], final, n,
+                      ", ".join(map(str, row["seeds"])) or "–", best])
+    return markdown_table(["stage", "dataset", "model", "weights", "checkpoint", "mIoU mean ± std", "n", "seeds",
+                           f"best-of-run mean ± std ({BEST_OF_RUN_NOTE})"], [[str(c) for c in r] for r in cells])
 
 
 def results_table(manifests: list[dict]) -> str:
     """Markdown table: one row per stage run with its final target-val mIoU (and best of run, marked)."""
-    lines = ["| stage | dataset | model | seed | steps | target-val mIoU (student, final) | pixel acc | "
-             f"best of run @ step ({BEST_OF_RUN_NOTE}) | status | run dir |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for m in sorted(manifests, key=lambda m: (_order(_group_key(m)), str(m.get("seed")), m.get("started_at", 0))):
         metrics = m.get("metrics") or {}
         miou = metrics.get(METRIC)
         acc = metrics.get("pixel_acc")
         best = best_of_run(m)
-        best_text = "-" if best is None else f"{best['value']:.2f} @ {best['step']}"
-        lines.append(
-            f"| {m.get('stage')} | {m.get('dataset')} | {m.get('model')} | {m.get('seed')} | {m.get('steps', '-')} | "
-            f"{'-' if miou is None else f'{miou:.2f}'} | {'-' if acc is None else f'{acc:.1f}'} | "
-            f"{best_text} | "
-            f"{m.get('status')} | {Path(m['_dir']).name} |"
-        )
-    return "\n".join(lines)
+        rows.append([*(str(m.get(key)) for key in ("stage", "dataset", "model", "seed")), str(m.get("steps", "-")),
+            "-" if miou is None else f"{miou:.2f}", "-" if acc is None else f"{acc:.1f}",
+            "-" if best is None else f"{best['value']:.2f} @ {best['step']}", str(m.get("status")),
+            Path(m["_dir"]).name])
+    return markdown_table(["stage", "dataset", "model", "seed", "steps", "target-val mIoU (student, final)",
+                           "pixel acc", f"best of run @ step ({BEST_OF_RUN_NOTE})", "status", "run dir"], rows)
 
 
 def history_spread(runs: list[dict]) -> list[tuple[int, float, float, float]]:

@@ -6,7 +6,8 @@ The easy/hard split made from the scores, and its files, are :mod:`atp.data.spli
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
+
+from atp.progress import tracked
 
 from .losses import normalized_entropy
 
@@ -35,7 +36,7 @@ def rank_target_images(model: torch.nn.Module, loader, device: torch.device | st
     names: list[str] = []
     scores: list[torch.Tensor] = []
     try:
-        for batch in tqdm(loader, desc="entropy ranking", unit="img", leave=False):
+        for batch in tracked(loader, "entropy ranking", transient=True):
             logits = model(batch["img"].to(device, non_blocking=True))
             scores.append(image_entropy_scores(logits).float().cpu())
             names.extend(batch["name"])

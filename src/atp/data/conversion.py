@@ -69,24 +69,21 @@ def verify_sample(job: tuple[str, str | None, str | None, bool]) -> list[FileIss
 def run_jobs(
     fn: Callable[[Any], Any], jobs: list[Any], num_workers: int = 0, desc: str = "", progress: bool = True
 ) -> Iterator[Any]:
-    """``fn`` over ``jobs`` (unordered when ``num_workers > 1``), with a tqdm bar when ``progress``."""
-    from tqdm import tqdm
+    """``fn`` over ``jobs`` (unordered when ``num_workers > 1``), with a progress bar when ``progress``."""
+    from atp.progress import progress_bar
 
-    bar = tqdm(total=len(jobs), desc=desc, unit="file", disable=not progress or not jobs, leave=False)
-    try:
+    with progress_bar(desc, total=len(jobs), transient=True, disable=not progress or not jobs) as advance:
         if num_workers > 1 and len(jobs) > 1:
             with mp.get_context("spawn").Pool(min(num_workers, len(jobs))) as pool:
                 chunk = max(1, min(64, len(jobs) // (num_workers * 8)))
                 for result in pool.imap_unordered(fn, jobs, chunksize=chunk):
-                    bar.update()
+                    advance()
                     yield result
         else:
             for job in jobs:
                 result = fn(job)
-                bar.update()
+                advance()
                 yield result
-    finally:
-        bar.close()
 
 
 def unique(items: Iterable[Any]) -> list[Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 
 from atp.ladder.plan import HELD_OUT, ORACLE
-from atp.stats import spread
+from atp.stats import markdown_table, spread
 
 MIOU_SUBSET = "all19"
 GAP_BASELINE = "source"  # source-only: 0 % of the gap to the oracle
@@ -94,17 +94,16 @@ def family_markdown(family: str, table: dict, role: str | None = None) -> str:
     """One family's stage table and its per-class change table."""
     held_out = "held-out; " if role == HELD_OUT else ""
     lines = [f"## {family} ({held_out}seeds {', '.join(map(str, table['seeds']))})", "",
-             "| stage | student mIoU | teacher mIoU | gap closed |", "|---|---|---|---|"]
-    for row in table["rows"]:
-        lines.append(f"| {row['stage']} | {_cell(row['student'])} | {_cell(row['teacher'])} | "
-                     f"{_cell(row['gap_closed'], ' %')} |")
+             markdown_table(["stage", "student mIoU", "teacher mIoU", "gap closed"], [
+                 [row["stage"], _cell(row["student"]), _cell(row["teacher"]), _cell(row["gap_closed"], " %")]
+                 for row in table["rows"]])]
     change = table["per_class_change"]
     if change is None:
         lines += ["", f"Per-class IoU change {CLASS_CHANGE[0]} → {CLASS_CHANGE[1]}: no seed has both stages."]
     else:
         lines += ["", f"Per-class IoU change {change['from']} → {change['to']} (student, mean over seeds):", "",
-                  "| class | Δ IoU | n |", "|---|---|---|"]
-        lines += [f"| {c['class']} | {c['change']:+.2f} | {c['n']} |" for c in change["classes"]]
+                  markdown_table(["class", "Δ IoU", "n"],
+                                 [[c["class"], f"{c['change']:+.2f}", str(c["n"])] for c in change["classes"]])]
     return "\n".join(lines)
 
 
@@ -146,9 +145,7 @@ def ablation_markdown(summary: dict, families: list[str], roles: dict[str, str |
     shown = [f for f in families if any(f in a["families"] for a in summary.values())]
     if not shown:
         return ""
-    lines = ["## Ablations", "", ABLATION_DEFINITIONS, "",
-             "| ablation (removes) | starts from | " + " | ".join(_family_head(f, roles) for f in shown) + " | mean |",
-             "|---|---|" + "---|" * (len(shown) + 1)]
+    rows = []
     for name, ablation in summary.items():
         cells, means = [], []
         for family in shown:
@@ -157,8 +154,9 @@ def ablation_markdown(summary: dict, families: list[str], roles: dict[str, str |
             if final is not None:
                 means.append(final["mean"])
         mean = f"{statistics.fmean(means):+.2f}" if len(means) == len(shown) else "–"
-        lines.append(f"| `{name}` ({ablation['removes']}) | {ablation['start']} | {' | '.join(cells)} | {mean} |")
-    return "\n".join(lines)
+        rows.append([f"`{name}` ({ablation['removes']})", ablation["start"], *cells, mean])
+    header = ["ablation (removes)", "starts from", *(_family_head(f, roles) for f in shown), "mean"]
+    return "\n".join(["## Ablations", "", ABLATION_DEFINITIONS, "", markdown_table(header, rows)])
 
 
 def _delta(summary: dict | None) -> str:
@@ -182,9 +180,8 @@ def suite_markdown(tables: dict[str, dict], roles: dict[str, str | None]) -> str
     lines = ["## Suite", "",
              "Student target-val mIoU, mean over seeds; per family the best method in bold (the oracle is a "
              "ceiling, not a method). Held-out families were registered before any tuning: recipe changes are "
-             "decided on the development families and only reported on these.", "",
-             "| family | role | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
-    means: dict[str, dict[str, list[float]]] = {}
+             "decided on the development families and only reported on these.", ""]
+    rows, means = [], {}
     for family, table in tables.items():
         values = {row["stage"]: row["student"]["mean"] if row["student"] else None for row in table["rows"]}
         methods = [v for s, v in values.items() if v is not None and s != ORACLE]
@@ -192,7 +189,7 @@ def suite_markdown(tables: dict[str, dict], roles: dict[str, str | None]) -> str
         cells = [("–" if v is None else f"**{v:.2f}**" if v == best and s != ORACLE else f"{v:.2f}")
                  for s, v in values.items()]
         role = roles.get(family) or "–"
-        lines.append(f"| {family} | {role} | " + " | ".join(cells) + " |")
+        rows.append([family, role, *cells])
         for stage, value in values.items():
             means.setdefault(role, {}).setdefault(stage, []).append(value)
     for role, per_stage in means.items():
@@ -200,8 +197,8 @@ def suite_markdown(tables: dict[str, dict], roles: dict[str, str | None]) -> str
         if count < 2:
             continue
         cells = [f"{statistics.fmean(v):.2f}" if None not in v else "–" for v in per_stage.values()]
-        lines.append(f"| mean of {count} | {role} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([f"mean of {count}", role, *cells])
+    return "\n".join([*lines, markdown_table(["family", "role", *stages], rows)])
 
 
 def ladder_markdown(header: list[str], tables: dict[str, dict], failures: list[str], roles: dict | None = None,
