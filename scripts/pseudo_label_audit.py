@@ -24,8 +24,8 @@ from atp.config import compose_cli
 from atp.data import build_datamodule
 from atp.data.labels import CLASS_NAMES
 from atp.evaluate import load_model, segment_options
-from atp.inference import segment_probs
-from atp.metrics import SegMetric
+from atp.evaluation.inference import segment_probs
+from atp.evaluation.metrics import SegMetric
 
 RANK_BUCKETS = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.5), (0.5, 0.75), (0.75, 1.0))
 

@@ -31,7 +31,7 @@ from atp.data.toy.layout import draw_layout
 from atp.data.toy.render import render_source
 from atp.data.toy.shifts import render_target
 from atp.data.transforms import MEAN, STD
-from atp.metrics import confusion_matrix, iou_per_class, mean_iou
+from atp.evaluation.metrics import confusion_matrix, iou_per_class, mean_iou
 
 CROP, BATCH = 128, 8
 

@@ -22,8 +22,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 import atp.train
+from atp.callbacks.divergence import batch_names
 from atp.config import CONF_DIR
-from atp.run.divergence import batch_names
 
 PROBE_DIR = Path(os.environ["ATP_PROBE_DIR"])
 RANK = int(os.environ.get("LOCAL_RANK", "0"))  # set for the re-launched ranks from their start

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from atp.callbacks.divergence import DivergenceGuard
+from atp.callbacks.progress_bar import StageProgressBar
+from atp.callbacks.signals import RequeueSignal, SigtermCheckpoint
+from atp.callbacks.wandb_panels import WandbPanels
 from atp.errors import UserError
-from atp.progress import StageProgressBar
 from atp.run import run_stage
 from atp.run.callbacks import configured_callbacks, stage_callbacks
-from atp.run.divergence import DivergenceGuard
 from atp.run.manifest import ManifestCallback
-from atp.run.signals import RequeueSignal, SigtermCheckpoint
-from atp.wandb_panels import WandbPanels
 from tests.stage_helpers import stage_cfg
 
 

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 
 from atp.errors import UserError
 from atp.evaluate import evaluate, export
-from atp.export import SERVER_FORMATS, TRAIN_ID_TO_LABEL_ID, encode_prediction
+from atp.evaluation.export import SERVER_FORMATS, TRAIN_ID_TO_LABEL_ID, encode_prediction
 from tests.data_trees import write_acdc, write_cityscapes, write_dark_zurich, write_test_splits
 from tests.stage_helpers import CONF_DIR, REPO_ROOT
 

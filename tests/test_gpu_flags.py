@@ -86,10 +86,10 @@ def test_fused_adamw_step_matches_foreach():
 
 @pytest.mark.timeout(120)
 def test_bench_quick_writes_json_records(tmp_path):
-    from atp import bench
+    from atp.bench.cli import main as bench_main
 
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--crop", "32", "--steps", "2", "--warmup", "1", "--stages", "source,teach",
+    bench_main(["--quick", "--crop", "32", "--steps", "2", "--warmup", "1", "--stages", "source,teach",
                 "--data-images", "1", "--data-samples", "2", "--threads", "1", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert rows and all(set(row) == {"metric", "value", "low", "high", "target", "meets"} for row in rows)

@@ -33,7 +33,7 @@ def imported_modules(name: str, path: Path, modules: set[str]) -> set[str]:
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            # ``from atp import pipeline`` imports the module atp.pipeline; ``from atp.x import f`` imports atp.x
+            # ``from atp.run import pipeline`` imports the module atp.run.pipeline; ``from atp.x import f`` imports atp.x
             candidates = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                           for alias in node.names]
         else:

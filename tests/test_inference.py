@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atp.inference import acdc_class_prior_weights, segment, segment_probs
+from atp.evaluation.inference import acdc_class_prior_weights, segment, segment_probs
 
 C = 19
 

@@ -105,7 +105,7 @@ def test_validate_in_memory_ignores_a_slurm_hpc_checkpoint(tmp_path, monkeypatch
 def test_the_progress_bar_hook_atp_overrides_exists():
     assert hasattr(RichProgressBar, "_get_train_description"), (
         f"Lightning {pl.__version__} renamed RichProgressBar._get_train_description, which "
-        "atp.progress.StageProgressBar overrides to name the stage")
+        "atp.callbacks.progress_bar.StageProgressBar overrides to name the stage")
 
 
 def test_periodic_checkpoint_steps_reads_every_n_train_steps(tmp_path):

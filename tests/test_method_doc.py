@@ -227,7 +227,7 @@ NO_COUNTERPART = {
     "prop.enabled": "the default chain", "teach.neg_include_ignored": "the negative loss (code)",
     "rank.ckpt": "Propagate's registry predecessor (teach)",
     "prop.scl.label_downscale": "scl.downscale + min_ratio",
-    "prop.scl.variant": "ProtoCL only (code)", "eval.rescale_to_original": "atp.inference (code)",
+    "prop.scl.variant": "ProtoCL only (code)", "eval.rescale_to_original": "atp.evaluation.inference (code)",
     "eval.class_subsets.all19": "dataset.class_subsets (always all19)", "eval.select": "the manifest's final_ckpt",
     "blackbox.enabled": "stage=distill (not in the default chain)", "blackbox.distill_loss": "stage=distill",
     "blackbox.distill_iters": "stage=distill",

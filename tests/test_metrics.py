@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from atp.metrics import SUBSETS, SegMetric, confusion_matrix, iou_per_class, mean_iou
+from atp.evaluation.metrics import SUBSETS, SegMetric, confusion_matrix, iou_per_class, mean_iou
 
 # 2×4 label map with one ignored pixel (255), and a prediction; the ignored pixel is predicted as class 4,
 # which occurs nowhere else, so class 4 must come out absent (NaN) rather than IoU 0.

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from atp import pipeline
 from atp.atomic import atomic_write_json, clean_stale_temp_files
 from atp.errors import HandOffError
+from atp.run import pipeline
 
 
 def _finished_run(root, name, stage, dataset="toy", model="mit_b0", seed=76, key="k", finished=None):

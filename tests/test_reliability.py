@@ -16,13 +16,12 @@ import torch
 from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
-from atp import pipeline
 from atp.atomic import clean_stale_temp_files
+from atp.callbacks.divergence import batch_names
 from atp.errors import CheckpointError, CheckpointReadError, CheckpointWriteError, DivergenceError, UserError
 from atp.models.weights import read_checkpoint
-from atp.run import run_stage
+from atp.run import pipeline, run_stage
 from atp.run.checkpoint_io import AtomicCheckpointIO
-from atp.run.divergence import batch_names
 from tests.hostile import HostilePayload
 from tests.stage_helpers import TINY, stage_cfg
 

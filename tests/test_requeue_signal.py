@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from atp.callbacks.signals import RequeueSignal, parse_signal
 from atp.errors import UserError
-from atp.run.signals import RequeueSignal, parse_signal
 from tests.test_sigterm import ROOT, _command, _env, _run
 
 STEPS = 12

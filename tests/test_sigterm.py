@@ -1,7 +1,7 @@
 """SIGTERM mid-stage (a scheduler's pre-emption or time limit): ``python -m atp.train`` as users run it.
 
 Lightning only stops after the current batch; the runner saves that step to ``last.ckpt``
-(:class:`atp.run.signals.SigtermCheckpoint`), marks the manifest ``interrupted`` and exits 143 with one
+(:class:`atp.callbacks.signals.SigtermCheckpoint`), marks the manifest ``interrupted`` and exits 143 with one
 line. ``resume=true`` then finishes the stage with the same weights as a run never interrupted.
 """
 

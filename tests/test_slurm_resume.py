@@ -13,8 +13,7 @@ import torch
 from omegaconf import open_dict
 from pytorch_lightning.callbacks import Callback
 
-from atp import pipeline
-from atp.run import run_stage
+from atp.run import pipeline, run_stage
 from tests.stage_helpers import stage_cfg
 from tests.test_resume import CrashAfterStep
 

@@ -6,9 +6,8 @@ import json
 import pytest
 import torch
 
-from atp import pipeline
 from atp.models.weights import read_checkpoint
-from atp.run import run_stage
+from atp.run import pipeline, run_stage
 from tests.stage_helpers import all_finite, logged_losses, stage_cfg
 
 

@@ -1,12 +1,12 @@
-"""``atp.summary`` on hand-made manifests: the per-stage statistics over seeds, worked out by hand."""
+"""``atp.evaluation.summary`` on hand-made manifests: the per-stage statistics over seeds, worked out by hand."""
 
 import json
 import math
 
 import pytest
 
-from atp import pipeline
-from atp.summary import BEST_OF_RUN_NOTE, aggregate, collect, history_spread, write_summary
+from atp.evaluation.summary import BEST_OF_RUN_NOTE, aggregate, collect, history_spread, write_summary
+from atp.run import pipeline
 
 
 def _run(root, name, stage, seed, miou, *, dataset="toy", status="complete", history=(), finished_at=100.0):

@@ -122,7 +122,7 @@ def test_align_shows_na_tile_and_wandb_failures_only_warn(data_toy_root, source_
         raise RuntimeError("W&B is down")
 
     monkeypatch.setattr(WandbLogger, "log_table", broken)
-    with caplog.at_level(logging.WARNING, logger="atp.wandb_panels"):
+    with caplog.at_level(logging.WARNING, logger="atp.callbacks.wandb_panels"):
         manifest, run_dir = _run("align", data_toy_root, offline / "out", source_ckpt, "logger=wandb",
                                  "callbacks.wandb_panels.image_count=1")
     assert manifest["status"] == "complete"
@@ -133,7 +133,7 @@ def test_align_shows_na_tile_and_wandb_failures_only_warn(data_toy_root, source_
 
 
 def test_wandb_logger_keeps_the_run_name(tmp_path, monkeypatch):
-    from atp.loggers import make_wandb_logger
+    from atp.run.loggers import make_wandb_logger
 
     monkeypatch.setenv("WANDB_API_KEY", "")  # emptied variables are removed, the name must survive that loop
     logger = make_wandb_logger(name="teach-run1", save_dir=str(tmp_path), mode="offline")

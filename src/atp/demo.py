@@ -16,11 +16,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from atp import pipeline
 from atp.config import CONF_DIR
 from atp.evaluate import evaluate_checkpoint
+from atp.evaluation.summary import collect, write_summary
+from atp.run import pipeline
 from atp.stages import get_stage
-from atp.summary import collect, write_summary
 
 # adabn is a side branch (align still starts from source): a baseline row in the table
 STAGES = ("source", "adabn", "align", "teach", "propagate")

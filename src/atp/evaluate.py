@@ -4,7 +4,7 @@ Target-val mIoU and per-class IoU (19 classes; 16/13 for SYNTHIA) of any checkpo
 ``atp.convert`` reads. Writes ``metrics.json``, ``per_class_iou.png``, ``confusion_matrix.png`` and
 sample images (input | prediction | ground truth | error map) into the output directory and prints a
 table. With ``export=<cityscapes|acdc|darkzurich>`` it writes the benchmark-server submission of
-``export_split`` (default ``test``) instead (:mod:`atp.export`).
+``export_split`` (default ``test``) instead (:mod:`atp.evaluation.export`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from atp.data import build_datamodule
 from atp.data.config import instantiate_entry
 from atp.data.io import write_png_atomic
 from atp.data.labels import CLASS_NAMES, IGNORE_INDEX, PALETTE, colourise
+from atp.data.transforms import to_rgb_uint8
 from atp.errors import CheckpointError, UserError
-from atp.export import check_dataset_fits, export_predictions, server_format
-from atp.inference import acdc_class_prior_weights, resolve_device, segment_probs
-from atp.metrics import SegMetric
+from atp.evaluation.export import check_dataset_fits, export_predictions, server_format
+from atp.evaluation.inference import acdc_class_prior_weights, resolve_device, segment_probs
+from atp.evaluation.metrics import SegMetric
 from atp.models.weights import infer_segmentor_config, load_segmentor, read_checkpoint
 from atp.progress import tracked
-from atp.wandb_panels import image_tile
 
 log = logging.getLogger("atp.evaluate")
 
@@ -85,7 +85,7 @@ def model_input_rgb(img: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """The normalised ``(3, h, w)`` model input back as uint8 RGB, resized (bilinear) to ``size`` = (H, W)."""
     import cv2
 
-    rgb = image_tile(img)
+    rgb = to_rgb_uint8(img)
     if rgb.shape[:2] != tuple(size):
         rgb = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return rgb
@@ -127,7 +127,7 @@ def load_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
 
 
 def segment_options(cfg: DictConfig) -> dict:
-    """:func:`atp.inference.segment_probs` options of ``cfg.eval`` (shared by scoring, export and
+    """:func:`atp.evaluation.inference.segment_probs` options of ``cfg.eval`` (shared by scoring, export and
     :mod:`atp.predict`)."""
     prior = acdc_class_prior_weights() if cfg.eval.acdc_class_prior else None
     return {"mode": cfg.eval.mode, "crop_size": cfg.eval.crop_size, "stride": cfg.eval.stride,

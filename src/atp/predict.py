@@ -31,7 +31,7 @@ from atp.data.labels import colourise
 from atp.data.transforms import build_eval_transform
 from atp.errors import UnreadableFileError, UserError
 from atp.evaluate import load_model, segment_options
-from atp.inference import resolve_device, segment
+from atp.evaluation.inference import resolve_device, segment
 from atp.progress import live_progress, note
 
 log = logging.getLogger("atp.predict")
@@ -96,7 +96,7 @@ class Predictor:
     """A segmentor with the evaluation settings: RGB uint8 images of one size → train ids at that size."""
 
     def __init__(self, model: torch.nn.Module, scale, options: dict, device: torch.device) -> None:
-        """``options``: :func:`atp.inference.segment` keyword arguments (:func:`atp.evaluate.segment_options`)."""
+        """``options``: :func:`atp.evaluation.inference.segment` keyword arguments (:func:`atp.evaluate.segment_options`)."""
         self.model = model.eval().to(device)
         self.device = device
         self.transform = build_eval_transform(scale)

@@ -1,6 +1,6 @@
-"""Progress bars, all with Rich: a stage's training bar (a Lightning callback) and the bars of the commands
-that loop over images or files (evaluation, export, ranking, prediction, label conversion). Bars go to
-standard error, so standard output keeps only what a command reports."""
+"""Progress bars of the commands that loop over images or files (evaluation, export, ranking, prediction,
+label conversion), with Rich, the library of the stages' training bar (atp.callbacks.progress_bar). Bars go
+to standard error, so standard output keeps only what a command reports."""
 
 from __future__ import annotations
 
@@ -8,27 +8,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from pytorch_lightning.callbacks import RichProgressBar
 from rich.console import Console
 from rich.progress import Progress, track
 
 T = TypeVar("T")
 _CONSOLE = Console(stderr=True)
-
-
-class StageProgressBar(RichProgressBar):
-    """``teach (toy) steps ━━━━ 120/200`` instead of Lightning's ``Epoch 0/-2`` (stages are step-based)."""
-
-    def __init__(self, stage: str, dataset: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.label = f"{stage} ({dataset})" if dataset else stage
-
-    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's text
-        return f"{self.label} steps"
-
-    @property
-    def validation_description(self) -> str:
-        return f"{self.label} target val"
 
 
 def tracked(items: Iterable[T], description: str, total: int | None = None, transient: bool = False,

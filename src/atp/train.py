@@ -16,15 +16,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
-from atp import pipeline
 from atp.cli import hydra_entry
 from atp.errors import UserError
-from atp.run import run_stage
+from atp.evaluation.summary import METRIC, write_summary
+from atp.run import pipeline, run_stage
 from atp.run.distributed import on_main_process
 from atp.run.init_weights import STAGE_DEFAULT
 from atp.stages import check_stage_options, default_chain, get_stage
 from atp.stages.registry import CHAIN
-from atp.summary import METRIC, write_summary
 
 log = logging.getLogger("atp.train")
 

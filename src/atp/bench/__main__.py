@@ -1,5 +1,5 @@
-"""``python -m atp.bench``: see :mod:`atp.bench`."""
+"""``python -m atp.bench``: see :mod:`atp.bench.cli`."""
 
-from atp.bench import main
+from atp.bench.cli import main
 
 main()

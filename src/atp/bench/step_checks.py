@@ -27,9 +27,11 @@ from typing import Any
 
 import torch
 
-from atp import bench
 from atp.atomic import atomic_write_json
+from atp.bench.cli import quiet_lightning
 from atp.bench.records import format_table, measured, record
+from atp.bench.stages import ALL_STAGES, RepeatedBatch, build_stage, synthetic_batch
+from atp.bench.timing import PeakMemory
 
 #: logging interval of the checked runs: steps 2, 5, … log (and the guard reads its flag there)
 LOG_INTERVAL = 3
@@ -71,21 +73,21 @@ def check_stage(stage: str, args: argparse.Namespace, device: torch.device) -> l
     """Train ``stage`` for ``args.steps`` steps under the sync check; its verdict and peak memory."""
     import pytorch_lightning as pl
 
-    from atp.run.divergence import DivergenceGuard
+    from atp.callbacks.divergence import DivergenceGuard
 
-    module, num_classes = bench.build_stage(stage, args)
+    module, num_classes = build_stage(stage, args)
     module.log_interval = LOG_INTERVAL
-    batch = bench.synthetic_batch(stage, args.batch, args.crop, num_classes, torch.Generator().manual_seed(0))
+    batch = synthetic_batch(stage, args.batch, args.crop, num_classes, torch.Generator().manual_seed(0))
     sync_debug = sync_debug_callback(device)
     error = None
-    with tempfile.TemporaryDirectory(prefix="atp-step-check-") as tmp, bench.PeakMemory(device) as memory:
+    with tempfile.TemporaryDirectory(prefix="atp-step-check-") as tmp, PeakMemory(device) as memory:
         trainer = pl.Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=args.precision,
             max_steps=args.steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             callbacks=[DivergenceGuard(tmp, stage), sync_debug],
         )
-        loader = torch.utils.data.DataLoader(bench.RepeatedBatch(batch, args.steps), batch_size=None)
+        loader = torch.utils.data.DataLoader(RepeatedBatch(batch, args.steps), batch_size=None)
         try:
             trainer.fit(module, train_dataloaders=loader)
         except RuntimeError as caught:
@@ -108,7 +110,7 @@ def check_stage(stage: str, args: argparse.Namespace, device: torch.device) -> l
 
 def compare_pseudo_labels(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Teach's teacher on the same batches in fp32 and under bf16 autocast (spec §14 #26)."""
-    module, _ = bench.build_stage("teach", args)
+    module, _ = build_stage("teach", args)
     if args.init:
         from atp.models.weights import read_checkpoint
 
@@ -153,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare-batches", type=int, default=4, help="batches of the fp32/bf16 comparison")
     parser.add_argument("--precision", default="bf16-mixed", choices=["32", "bf16-mixed"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--stages", default=",".join(bench.ALL_STAGES))
+    parser.add_argument("--stages", default=",".join(ALL_STAGES))
     parser.add_argument("--init", type=Path, default=None, help="student weights for the fp32/bf16 comparison")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--dry-run", action="store_true",
@@ -163,9 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.model, args.crop, args.steps, args.compare_batches = "mitb0_lite", 32, 3, 1
         args.device, args.precision = "cpu", "32"
     args.stage_list = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(args.stage_list) - set(bench.ALL_STAGES))
+    unknown = sorted(set(args.stage_list) - set(ALL_STAGES))
     if unknown:
-        parser.error(f"unknown stage(s) {unknown}; choose from {', '.join(bench.ALL_STAGES)}")
+        parser.error(f"unknown stage(s) {unknown}; choose from {', '.join(ALL_STAGES)}")
     # the bench's config composition reads these
     args.warmup, args.quick, args.profile = 0, False, False
     return args
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
-    bench.quiet_lightning()
+    quiet_lightning()
     device = torch.device(args.device)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []

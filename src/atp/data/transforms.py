@@ -15,6 +15,7 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 
 from atp.data.labels import IGNORE_INDEX
 
@@ -147,3 +148,9 @@ def build_eval_transform(scale: Sequence[int]) -> A.Compose:
 def reseed(transform: A.Compose, seed: int) -> None:
     """Make the next call of ``transform`` depend only on ``seed`` (one generator shared by all steps)."""
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def to_rgb_uint8(img: torch.Tensor) -> np.ndarray:
+    """A normalised (3, H, W) image tensor back to RGB uint8 (H, W, 3): the inverse of the normalisation above."""
+    mean, std = img.new_tensor(MEAN).view(3, 1, 1), img.new_tensor(STD).view(3, 1, 1)
+    return (img.float() * std + mean).clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()

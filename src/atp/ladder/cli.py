@@ -24,13 +24,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from atp import pipeline
 from atp.atomic import atomic_write_json, atomic_write_text
 from atp.data.toy import ensure_toy_data
 from atp.errors import UserError
 from atp.ladder import plan, tables
 from atp.ladder.ablations import ABLATIONS, Ablation, get_ablations
 from atp.ladder.jobs import JobOutcome, Progress, format_duration, job_environment, run_jobs, threads_per_job
+from atp.run import pipeline
 from atp.stages import STAGES, get_stage
 
 

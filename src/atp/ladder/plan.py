@@ -8,10 +8,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from atp import pipeline
 from atp.config import config_dirs
 from atp.errors import UserError
 from atp.ladder.ablations import Ablation
+from atp.run import pipeline
 
 #: The rungs the ladder compares, in chain order; a rung the stage registry lacks is left out.
 LADDER_STAGES = ("source", "adabn", "align", "teach", "propagate")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import statistics
 
+from atp.evaluation.stats import markdown_table, spread
 from atp.ladder.plan import HELD_OUT, ORACLE
-from atp.stats import markdown_table, spread
 
 MIOU_SUBSET = "all19"
 GAP_BASELINE = "source"  # source-only: 0 % of the gap to the oracle

@@ -9,9 +9,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ProgressBar
 
+from atp.callbacks.signals import RequeueSignal
 from atp.errors import UserError
 from atp.run.manifest import ManifestCallback
-from atp.run.signals import RequeueSignal
 
 
 def configured_callbacks(cfg: DictConfig) -> list[Callback]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from atp import pipeline
 from atp.errors import UserError
 from atp.models.weights import load_into, load_segmentor, read_checkpoint
+from atp.run import pipeline
 from atp.stages.base import SegStage
 
 log = logging.getLogger(__name__)

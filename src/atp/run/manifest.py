@@ -11,9 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from atp import pipeline
+from atp.callbacks.signals import received_requeue
+from atp.run import pipeline
 from atp.run.init_weights import model_name
-from atp.run.signals import received_requeue
 
 
 def start_manifest(cfg: DictConfig, run_dir: Path, sweep_dir: Path | None, key: str, init_path: Path | None,

@@ -16,21 +16,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from atp import pipeline
 from atp.atomic import clean_stale_temp_files
+from atp.callbacks.signals import RequeueSignal
 from atp.data import build_datamodule
 from atp.data.check import DatasetCheckError, check_dataset, raise_on_problems
 from atp.errors import StageInterrupted, UserError
-from atp.loggers import build_loggers
 from atp.models.weights import read_source_class_share
+from atp.run import pipeline
 from atp.run.callbacks import requeue_callback, stage_callbacks
 from atp.run.checkpoint_io import AtomicCheckpointIO
 from atp.run.distributed import on_main_process
 from atp.run.init_weights import load_initial_weights, resolve_init
 from atp.run.lightning_private import validate_in_memory
+from atp.run.loggers import build_loggers
 from atp.run.manifest import carry_over, mark_complete, mark_failed, start_manifest
 from atp.run.resume import choose_resume_path
-from atp.run.signals import RequeueSignal
 from atp.run.split import ensure_split
 from atp.stages import build_stage_module, check_stage_options
 from atp.stages.base import SegStage

@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from atp.summary import write_summary
+from atp.evaluation.summary import write_summary
 
 
 class SweepSummary(Callback):

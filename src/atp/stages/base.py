@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from atp.data.labels import CLASS_NAMES
 from atp.errors import UserError
-from atp.inference import acdc_class_prior_weights, segment
-from atp.metrics import SegMetric
+from atp.evaluation.inference import acdc_class_prior_weights, segment
+from atp.evaluation.metrics import SegMetric
 from atp.stages.options import EvalOptions, OptimOptions, ScheduleOptions, option_group
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class SegStage(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def inference_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``atp.inference.segment``/``segment_probs``: mode, TTA, class prior."""
+        """Keyword arguments of ``atp.evaluation.inference.segment``/``segment_probs``: mode, TTA, class prior."""
         cfg = self.eval_cfg
         return {
             "mode": cfg.get("mode", "whole"),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atp import pipeline
 from atp.atomic import atomic_write_json, atomic_write_text
+from atp.evaluation.stats import markdown_table, spread
+from atp.run import pipeline
 from atp.stages import STAGES
-from atp.stats import markdown_table, spread
 
 METRIC = "mIoU/all19"
 WEIGHTS = "student"

@@ -1,4 +1,4 @@
-"""Aggregates over seeds and the markdown table writer, shared by a sweep's results (atp.summary) and the
+"""Aggregates over seeds and the markdown table writer, shared by a sweep's results (atp.evaluation.summary) and the
 ladder (atp.ladder)."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from atp.data.datasets import ACDCDataset, CityscapesDataset, DarkZurichDataset,
 from atp.data.io import write_png_atomic
 from atp.data.labels import CITYSCAPES_ID_TO_TRAIN_ID
 from atp.errors import UserError
-from atp.inference import segment_probs
+from atp.evaluation.inference import segment_probs
 from atp.progress import tracked
 
 #: ``TRAIN_ID_TO_LABEL_ID[train_id]`` is the Cityscapes label id (0 "unlabeled" for 255 and unused values).
@@ -163,7 +163,7 @@ def export_predictions(
 ) -> dict[str, Any]:
     """Predict every image of ``dataset`` at its original size and write the submission.
 
-    ``segment_options`` are :func:`atp.inference.segment_probs`'s keyword arguments (mode, crop,
+    ``segment_options`` are :func:`atp.evaluation.inference.segment_probs`'s keyword arguments (mode, crop,
     stride, flip, class prior), the same ``atp.evaluate`` scores with. Files go to
     ``out_dir/submission/``, the archive to ``out_dir/<zip_name>``. Returns a summary dict.
     """

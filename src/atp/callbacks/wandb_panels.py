@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 
 from atp.adaptation import normalized_entropy, pseudo_labels_from_logits
 from atp.data.labels import colourise
-from atp.data.transforms import MEAN, STD
-from atp.inference import segment_probs
+from atp.data.transforms import to_rgb_uint8
+from atp.evaluation.inference import segment_probs
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,6 @@ def kept_state(module: torch.nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, value in buffers:
                 b.copy_(value)
-
-
-def image_tile(img: torch.Tensor) -> np.ndarray:
-    """A normalised (3, H, W) image → RGB uint8."""
-    mean, std = img.new_tensor(MEAN).view(3, 1, 1), img.new_tensor(STD).view(3, 1, 1)
-    return (img.float() * std + mean).clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def na_tile(height: int, width: int) -> np.ndarray:
@@ -152,7 +146,7 @@ class WandbPanels(pl.Callback):
         batch, size = img[None], img.shape[-2:]
         probs = segment_probs(module.student, batch, size, **module.inference_options())
         entropy = normalized_entropy(probs.clamp_min(1e-12).log())[0]
-        tiles = [image_tile(img), colourise(probs.argmax(dim=1)[0].cpu().numpy())]
+        tiles = [to_rgb_uint8(img), colourise(probs.argmax(dim=1)[0].cpu().numpy())]
         if module.teaches_with_pseudo_labels:
             labels, confidence, _ = pseudo_labels_from_logits(module.teacher(batch), size, module.conf_threshold)
             shade = torch.where(confidence[0] >= module.conf_threshold, 1.0, LOW_CONFIDENCE_DIM).cpu().numpy()
