@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 @pytest.fixture(scope="session")
 def data_fixture_root(tmp_path_factory) -> Path:
     """A read-only data_dir with tiny GTA5, SYNTHIA, Cityscapes, ACDC and Dark Zurich trees."""
-    from tests.data_trees import write_all
+    from tests.helpers.data_trees import write_all
 
     return write_all(tmp_path_factory.mktemp("data_fixtures"))
 

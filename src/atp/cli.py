@@ -37,7 +37,7 @@ def hydra_entry(config_name: str) -> Callable[[Callable[[DictConfig], None]], Ca
                 sys.exit(getattr(err, "exit_code", 2))
 
         entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(guarded)
-        entry.__wrapped__ = guarded  # the task with its error handling, without Hydra (tests/ddp_probe.py)
+        entry.__wrapped__ = guarded  # the task with its error handling, without Hydra (tests/helpers/ddp_probe.py)
         return entry
 
     return decorate

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.plugins.environments import LSFEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
 from atp.cli import hydra_entry
+from atp.config import SEARCHPATH_KEY
 from atp.errors import UserError
 from atp.evaluation.summary import METRIC, write_summary
 from atp.run import pipeline, run_stage
@@ -57,6 +58,12 @@ def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def _searchpath_overrides() -> list[str]:
+    """The user's ``hydra.searchpath=[…]`` override (their config folders), which Hydra keeps apart from the task
+    overrides; the stages of a chain are composed with it too."""
+    return [o for o in HydraConfig.get().overrides.hydra if o.lstrip("+~").split("=", 1)[0] == SEARCHPATH_KEY]
+
+
 def chain_stages(cfg: DictConfig) -> list[str]:
     """``chain.stages``, or the registry's default chain when null; an unknown name is a ``UserError``."""
     names = [str(n) for n in cfg.chain.stages] if cfg.chain.get("stages") else default_chain()
@@ -79,7 +86,7 @@ def chain_init(stage: str, finished: list[tuple[str, Path]], configured: str | N
 
 def compose_chain(cfg: DictConfig, job_dir: Path) -> list[tuple[str, Path, DictConfig]]:
     """(stage, stage dir, config) for each stage of the chain, every stage's module options checked."""
-    overrides = pipeline.chain_overrides(_task_overrides())
+    overrides = [*pipeline.chain_overrides(_task_overrides()), *_searchpath_overrides()]
     planned = []
     for index, stage in enumerate(chain_stages(cfg)):
         stage_dir = job_dir / f"{index}_{stage}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tests.stage_helpers import TINY
+from tests.helpers.stages import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 SLURM_LOCAL = ROOT / "scripts" / "slurm_local.sh"

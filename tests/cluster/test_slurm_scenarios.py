@@ -140,7 +140,7 @@ def test_ddp_under_srun_two_tasks(data_toy_root, tmp_path):
     """Two SLURM tasks (srun) are the two DDP ranks (gloo): the teacher, student and prototype statistics
     agree on both ranks, and there is one manifest and one set of checkpoints per stage.
 
-    ``tests.ddp_probe`` runs as ``__main__``, so submitit pickles its task function by value: the per-rank
+    ``tests.helpers.ddp_probe`` runs as ``__main__``, so submitit pickles its task function by value: the per-rank
     dumps (a callback) travel with it, its audit hook (``writes-rank<r>.txt``) does not."""
     sweep, probe = tmp_path / "sweep", tmp_path / "probe"
     probe.mkdir()
@@ -149,7 +149,7 @@ def test_ddp_under_srun_two_tasks(data_toy_root, tmp_path):
          *train_args(data_toy_root, tmp_path / "out", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                      "data.batch_size=1", "trainer.max_steps=2", "trainer.val_check_interval=2",
                      "++per_stage.propagate.stage.module.scl.start_step=1")],
-        tmp_path / "slurm.log", module="tests.ddp_probe", extra_env={"ATP_PROBE_DIR": str(probe)})
+        tmp_path / "slurm.log", module="tests.helpers.ddp_probe", extra_env={"ATP_PROBE_DIR": str(probe)})
     assert returncode == 0, (tmp_path / "slurm.log").read_text()[-4000:]
     (job_id,) = submitit_jobs(sweep)
     job = finished_job(job_id)

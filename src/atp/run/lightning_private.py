@@ -1,4 +1,4 @@
-"""Every use of Lightning's private API in atp, one named function each (pinned by tests/test_lightning_private.py).
+"""Every use of Lightning's private API in atp, one named function each (pinned by tests/run/test_lightning_private_api.py).
 
 Lightning 2.6 has no public way to do these things; if an upgrade changes an attribute, the pin test
 names the function here that needs a new implementation.
