@@ -1,10 +1,10 @@
 # atp — every target creates and reuses the local virtual environment (.venv) on first use.
 #
 # Why torch is installed first and pinned: segmentation-models-pytorch and timm import torchvision,
-# and the CPU-only torch wheel that PyPI/the local mirror offer first has no torchvision that imports
-# beside it. torch 2.14.1 + torchvision 0.29.1 (CUDA builds, which also run on a CPU) is a pair that
-# works; installing them before the package keeps pip from picking the mismatched pair. Never pin above
-# these versions (this machine's pip constraint caps them there).
+# and the CPU-only torch wheel a package index offers first has no torchvision that imports beside it.
+# torch 2.14.1 + torchvision 0.29.1 (CUDA builds, which also run on a CPU) is a pair that works;
+# installing them before the package keeps pip from picking a mismatched pair. Do not pin above this pair
+# (the CI machine's pip constraint caps torch there); pyproject.toml's ranges stop at it.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,8 +16,8 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 install: $(STAMP)
 
 # Re-running any target on an existing .venv reinstalls nothing: the stamp is newer than pyproject.toml.
-# A new .venv takes about 6.2 GB (the CUDA build of torch alone 5.8 GB, measured 2026-11-29); pip keeps no
-# cache copy of the wheels (--no-cache-dir), so that is also the peak. Too little disk stops here, named.
+# A new .venv needs about 6.2 GB, mostly the CUDA build of torch (docs/benchmarks.md); pip keeps no cache
+# copy of the wheels (--no-cache-dir), so that is also the peak. Too little disk stops here, named.
 VENV_NEEDS_GB ?= 7
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { mkdir -p $(VENV) && free_gb=$$(df -Pk $(VENV) | awk 'NR==2 {print int($$4 / 1048576)}') && \
@@ -45,8 +45,9 @@ demo: $(STAMP)
 	$(PY) -m atp.demo
 
 # Every toy shift family × seeds 76 and 1: one shared source model per seed, then AdaBN → Align → Teach →
-# Propagate per family, + the target oracle of seed 76; two jobs at once, one thread each; resumable
-# (re-running skips finished runs). Long: start it as `nohup make ladder > ladder.out &`.
+# Propagate per family, the baselines, ATP's ablations and the target oracle of seed 76 (docs/results.md);
+# two jobs at once, one thread each; resumable (re-running skips finished runs). Long: start it as
+# `nohup make ladder > ladder.out &`.
 LADDER_ARGS ?= --jobs 2
 ladder: $(STAMP)
 	$(PY) -m atp.ladder $(LADDER_ARGS)
@@ -54,8 +55,8 @@ ladder: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts
 
-# The like-for-like configuration BENCHMARKS.md quotes (about 3 min on 2 CPU cores; `python -m atp.bench --quick`
-# is the smoke test, which judges nothing).
+# The like-for-like configuration docs/benchmarks.md quotes (`python -m atp.bench --quick` is the smoke test,
+# which judges nothing).
 bench: $(STAMP)
 	$(PY) -m atp.bench --model mitb0_lite --crop 128 --batch 2 --json outputs/bench.json
 

@@ -7,7 +7,7 @@
 Trains segmentation-models-pytorch's Segformer (MiT-B0, random init) on 300 toy source scenes
 (random 128-wide crops, flips, batch 8, AdamW 1e-3 one-cycle) and scores 60 held-out source scenes
 and the 100 target-val scenes of each shift family asked for (``--shift``: one family, a comma list
-or ``all``; the source, so the model, is the same for every family). The README and docs/shifts.md
+or ``all``; the source, so the model, is the same for every family). docs/shifts.md and docs/results.md
 report its output (about 10 min on 1 CPU thread).
 """
 

@@ -9,7 +9,7 @@ after each real step, one *bare* step — only the compute the method cannot avo
 networks. Real and bare steps alternate, so a drift of the machine's speed hits both alike. The timed steps
 are cut into ``--blocks`` consecutive blocks; each block gives ``ratio = median real / median bare``. A
 target is judged on the median block ratio *and* its whole spread (min–max over the blocks): a ratio meets
-``≤ 1.10`` only if its worst block does. ``--quick`` is a smoke test and judges nothing. See BENCHMARKS.md.
+``≤ 1.10`` only if its worst block does. ``--quick`` is a smoke test and judges nothing. See docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 * **peak memory** per stage over those steps (CUDA allocator: allocated and reserved).
 
 ``--dry-run`` runs the same code on the CPU with a tiny model (seconds; the sync mode needs CUDA, so there the
-steps run without it — ``tests/test_sync_free_step.py`` counts the syncs on the CPU instead).
+steps run without it — ``tests/stages/test_training_step_is_sync_free.py`` counts the syncs on the CPU instead).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ server         encoding                    files in the zip
                                            each holding ``<seq>_frame_<n>_rgb_anon.png``, 1920×1080
 =============  ==========================  ===============================================================
 
-The README cites the servers' instructions. Every PNG goes through :func:`atp.data.io.write_png_atomic`.
+docs/usage.md (benchmark-server submissions) cites the servers' instructions. Every PNG goes through :func:`atp.data.io.write_png_atomic`.
 """
 
 from __future__ import annotations

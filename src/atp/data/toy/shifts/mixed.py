@@ -3,7 +3,7 @@
 Half-way (``palette_shift`` 0.5) towards an overcast palette (grey sky, other facades, wet bluish
 road, autumn vegetation, brown terrain, muted vehicles and clothing), coarser fine texture, a
 flatter sky; then one of three conditions drawn per image, and the camera. This is the toy shift
-the demo and the README's figures use: changing anything here changes their data.
+the demo and the figures of docs/results.md use: changing anything here changes their data.
 """
 
 from __future__ import annotations
