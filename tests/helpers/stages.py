@@ -71,3 +71,30 @@ class CrashAtStep(Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if trainer.global_step == self.step:
             raise RuntimeError("simulated crash")
+
+
+def train_two_steps(tmp_path: Path, stage: str, *overrides: str, callbacks=()):
+    """(source model, trained module): ``stage`` built from its config with the tiny model, trained 2 steps on
+    random 32² target batches by a bare Trainer; no warm-up, so every step moves the trainable weights (the
+    schedule's first steps have lr ≈ 0)."""
+    import copy
+
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+
+    from atp.stages import build_stage_module
+
+    cfg = stage_cfg(stage, tmp_path, tmp_path, tmp_path / "run", "stage.module.schedule.warmup_steps=0", *overrides)
+    model = instantiate(cfg.model)
+    source = copy.deepcopy(model)
+    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"img": 2 + 3 * torch.randn(2, 3, 32, 32, generator=generator), "name": ["a", "b"]}
+               for _ in range(2)]
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=list(callbacks))
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    return source, module

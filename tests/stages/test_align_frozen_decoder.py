@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader
 
-from atp.stages import build_stage_module
-from tests.helpers.stages import stage_cfg
+from tests.helpers.stages import train_two_steps
 
 
 def _align_two_steps(tmp_path, *overrides: str):
-    # no warm-up: the two steps move every trainable weight visibly (the schedule's first steps have lr ≈ 0)
-    cfg = stage_cfg("align", tmp_path, tmp_path, tmp_path / "run", "stage.module.freeze_decoder=true",
-                    "stage.module.schedule.warmup_steps=0", *overrides)
-    model = instantiate(cfg.model)
-    source = copy.deepcopy(model)
-    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
-    generator = torch.Generator().manual_seed(0)
-    batches = [{"img": 2 + 3 * torch.randn(2, 3, 32, 32, generator=generator), "name": ["a", "b"]}
-               for _ in range(2)]
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    source, module = train_two_steps(tmp_path, "align", "stage.module.freeze_decoder=true", *overrides)
     return source, module.student
-
 
 def _decoder_bn(model):
     return {n: m for n, m in model.decode_head.named_modules() if isinstance(m, _BatchNorm)}

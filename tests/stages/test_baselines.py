@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader
 
 from atp.adaptation import (
     entropy_loss,
@@ -20,8 +16,7 @@ from atp.adaptation import (
     marginal_entropy,
     thresholded_pseudo_label_ce,
 )
-from atp.stages import build_stage_module
-from tests.helpers.stages import stage_cfg
+from tests.helpers.stages import train_two_steps
 
 
 def softmax(values):
@@ -97,22 +92,6 @@ class StudentAfterFirstStep(Callback):
             self.params = {n: p.detach().clone() for n, p in module.student.named_parameters()}
 
 
-def _two_steps(tmp_path, stage: str, *overrides: str, callbacks=()):
-    """(source model, trained module) after 2 steps on random 32² batches; no warm-up, so every step moves."""
-    cfg = stage_cfg(stage, tmp_path, tmp_path, tmp_path / "run", "stage.module.schedule.warmup_steps=0", *overrides)
-    model = instantiate(cfg.model)
-    source = copy.deepcopy(model)
-    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
-    generator = torch.Generator().manual_seed(0)
-    batches = [{"img": 2 + 3 * torch.randn(2, 3, 32, 32, generator=generator), "name": ["a", "b"]}
-               for _ in range(2)]
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=list(callbacks))
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-    return source, module
-
-
 def _changed(before: nn.Module, after: nn.Module) -> set[str]:
     theirs = dict(after.named_parameters())
     return {name for name, param in before.named_parameters() if not torch.equal(param, theirs[name])}
@@ -123,7 +102,7 @@ def _optimised(module) -> set[int]:
 
 
 def test_tent_updates_only_the_norm_affine_parameters_of_the_prediction_path(tmp_path):
-    source, module = _two_steps(tmp_path, "tent")
+    source, module = train_two_steps(tmp_path, "tent")
     norms = {f"{name}.{kind}" for name, layer in source.named_modules()
              if isinstance(layer, nn.LayerNorm | _BatchNorm) and name.startswith(("encoder.", "decode_head."))
              for kind in ("weight", "bias")}
@@ -139,7 +118,7 @@ def test_tent_updates_only_the_norm_affine_parameters_of_the_prediction_path(tmp
 
 @pytest.mark.parametrize("freeze", ["classifier", "decoder"])
 def test_shot_freezes_the_hypothesis_and_adapts_the_features(tmp_path, freeze):
-    source, module = _two_steps(tmp_path, "shot", f"stage.module.freeze={freeze}")
+    source, module = train_two_steps(tmp_path, "shot", f"stage.module.freeze={freeze}")
     changed = _changed(source, module.student)
     names = {n for n, _ in source.named_parameters()}
     encoder = {n for n in names if n.startswith("encoder.")}
@@ -158,7 +137,7 @@ def test_shot_freezes_the_hypothesis_and_adapts_the_features(tmp_path, freeze):
 def test_selftrain_trains_the_student_and_moves_the_teacher_by_the_ema_rule(tmp_path):
     first = StudentAfterFirstStep()
     # threshold 0: an untrained teacher is never 0.968-confident and the CE would be 0
-    source, module = _two_steps(tmp_path, "selftrain", "stage.module.pos_threshold=0.0", callbacks=[first])
+    source, module = train_two_steps(tmp_path, "selftrain", "stage.module.pos_threshold=0.0", callbacks=[first])
     changed = _changed(source, module.student)
     encoder = {n for n, _ in source.named_parameters() if n.startswith("encoder.")}
     assert "decode_head.conv_seg.weight" in changed and len(changed & encoder) > len(encoder) // 2

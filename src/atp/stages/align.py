@@ -56,19 +56,8 @@ class AlignStage(MeanTeacherStage):
         if freeze_decoder:
             self.student.decode_head.requires_grad_(False)
 
-    def hold_frozen_decoder_bn(self) -> None:
-        """With ``freeze_decoder_bn``, the decoder's BatchNorms use (and keep) the source statistics.
-
-        Set at every step: Lightning (2.x) never calls ``train()`` at the start of fit and restores each
-        submodule's own mode after validation, so an overridden ``train()`` would not hold.
-        """
-        if self.freeze_decoder_bn:
-            for module in self.student.decode_head.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self.hold_frozen_decoder_bn()
+        self.hold_decoder_bn(self.freeze_decoder_bn)
         self.begin_step()
         images = self.target_crop(batch["img"])
         aug_generator = self.step_generator("cpu")

@@ -12,6 +12,7 @@ from atp.adaptation import (
     ClassShare,
     EMATeacher,
     StrongAugment,
+    batch_norms,
     class_balanced_crop_box,
     crop,
     pseudo_labels_from_logits,
@@ -145,6 +146,16 @@ class MeanTeacherStage(SegStage):
         if self.prior_strength == 0:
             return logits
         return self.class_share.prior_corrected(logits, self.source_class_prior, self.prior_strength)
+
+    def hold_decoder_bn(self, frozen: bool) -> None:
+        """With ``frozen``, the decoder's BatchNorms use (and keep) the source statistics (eval mode).
+
+        Set at every step: Lightning (2.x) never calls ``train()`` at the start of fit and restores each
+        submodule's own mode after validation, so an overridden ``train()`` would not hold.
+        """
+        if frozen:
+            for norm in batch_norms(self.student.decode_head):
+                norm.eval()
 
     def needs_crop(self, images: torch.Tensor) -> bool:
         size = self.crop_cfg.get("size")

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from atp.adaptation import batch_norms, information_maximization_loss
+from atp.adaptation import information_maximization_loss
 from atp.stages.mean_teacher import MeanTeacherStage
 
 FREEZE_CHOICES = ("classifier", "decoder")
@@ -49,15 +49,8 @@ class ShotStage(MeanTeacherStage):
         return (("student." + name, param) for name, param in self.student.named_parameters()
                 if not name.startswith("proj_head.") and param.requires_grad)
 
-    def hold_frozen_decoder_bn(self) -> None:
-        """With ``freeze=decoder`` the decoder's BatchNorms use (and keep) the source statistics; set at every
-        step because Lightning restores each submodule's own mode after validation."""
-        if self.freeze == "decoder":
-            for norm in batch_norms(self.student.decode_head):
-                norm.eval()
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self.hold_frozen_decoder_bn()
+        self.hold_decoder_bn(self.freeze == "decoder")
         self.begin_step()
         images = self.target_crop(batch["img"])
         aug_generator = self.step_generator("cpu")
