@@ -48,5 +48,5 @@ def test_non_logging_steps_do_not_synchronise(variant, data_toy_root, tmp_path):
     assert quiet == {step: [] for step in quiet}, quiet
     # the probe sees the divergence guard's one read of its flag on the check steps (so the zeros mean something)
     for step in counter.logging_steps:
-        assert ("tolist", "run/divergence.py:_read_flag") in counter.per_step[step], counter.per_step[step]
+        assert ("tolist", "callbacks/divergence.py:_read_flag") in counter.per_step[step], counter.per_step[step]
 
