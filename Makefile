@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atp-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast test-cluster demo ladder lint bench clean-outputs
+.PHONY: install test test-fast test-cluster demo ladder lint bench rehearse clean-outputs
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ lint: $(STAMP)
 # which judges nothing).
 bench: $(STAMP)
 	$(PY) -m atp.bench --model mitb0_lite --crop 128 --batch 2 --json outputs/bench.json
+
+# The paper recipe rehearsed at full size on this CPU (docs/benchmarks.md#full-size-rehearsal): MiT-B5, batch 2, two
+# steps per stage of both chains through the user's own commands on toy scenes at the real image sizes; writes
+# outputs/rehearse/rehearsal.{json,md}. Needs most of the machine's 24 GB and a quiet machine: about 20 minutes.
+rehearse: $(STAMP)
+	$(PY) -m atp.rehearse --model mitb5
 
 clean-outputs:
 	rm -rf outputs multirun

@@ -1,0 +1,5 @@
+import sys
+
+from atp.rehearse.cli import main
+
+sys.exit(main())
