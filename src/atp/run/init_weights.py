@@ -1,4 +1,4 @@
-"""The weights a stage starts from (``init_from``): weights only, never trainer state (DESIGN §4)."""
+"""The weights a stage starts from (``init_from``): weights only, never trainer state (docs/ARCHITECTURE.md, "run layer")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The stage's ``manifest.json`` while it runs: the always-on callback of the hand-off contract (DESIGN §4)."""
+"""The stage's ``manifest.json`` while it runs: the always-on callback of the hand-off contract (docs/ARCHITECTURE.md, "run layer")."""
 
 from __future__ import annotations
 

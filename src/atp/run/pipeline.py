@@ -1,4 +1,4 @@
-"""Stage hand-off: manifests, atomic writes and the resolution of ``init_from`` (DESIGN §4)."""
+"""Stage hand-off: manifests, atomic writes and the resolution of ``init_from`` (docs/ARCHITECTURE.md, "run layer")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One stage end to end from a composed config (DESIGN §3–§4): :func:`run_stage` and its steps."""
+"""One stage end to end from a composed config (docs/ARCHITECTURE.md, "run layer"): :func:`run_stage` and its steps."""
 
 from __future__ import annotations
 
