@@ -29,11 +29,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-cache-dir -e '.[dev,slurm]'
 	touch $(STAMP)
 
+# Two pytest-xdist workers, one core each (tests/conftest.py gives each its share of the threads); a test file
+# stays on one worker, so its module fixtures are built once. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The SLURM scenarios (tests/cluster, docs/cluster.md): .venv has the slurm extra (every target installs it);
 # through the tests, slurm-wlm + munge (apt-get, root) and a one-node SLURM (scripts/slurm_local.sh) that it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers), each worker and the commands it starts get their
+    share of the cores: OpenMP threads that outnumber the cores spin against each other and are far slower."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
