@@ -167,3 +167,29 @@ def test_a_folder_of_something_else_is_refused(tmp_path):
     (tmp_path / "mine.txt").write_text("keep")
     assert cli.main(["--out", str(tmp_path), "--model", "mitb0"]) == 2
     assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def _gpu_report() -> dict:
+    stage = {"name": "cs2acdc_fog/align", "s_per_step": 1.5, "first_step_s": 2.0, "peak_rss_mib": 2048.0,
+             "peak_gpu_gib": 4.5, "wall_s": 30.0, "shapes": {}}
+    return {"ok": True, "complete": True, "date": "2026-12-07", "total_s": 60.0, "commands": 2, "failures": [],
+            "options": {"model": "mitb5", "batch": 2, "precision": "bf16-mixed", "device": "cuda", "steps": 2,
+                        "datasets": ["cs2acdc_fog"], "in_process": False},
+            "machine": {"host": "h", "cpu": "c", "cores": 16, "ram_gib": 128, "gpu": "NVIDIA H100",
+                        "omp_num_threads": None, "load_average_at_start": [0.0, 0.0, 0.0]},
+            "data": {"write_s": 1.0, "images": 5}, "steps": [], "checks": [],
+            "stages": [stage, {**stage, "name": "cs2acdc_fog/propagate", "peak_gpu_gib": None}]}
+
+
+def test_a_gpu_run_prints_each_stages_peak_gpu_memory_against_daformers_figure():
+    from atp.rehearse import report
+
+    # 4.5 GiB = 4.5 · 2^30 B = 4.83 GB; 4.8318 / 9.7 = 0.498. A stage without a figure gets no line.
+    assert report.gpu_memory_lines(_gpu_report()) == [
+        "peak GPU memory cs2acdc_fog/align: 4.50 GiB = 4.83 GB (0.50× DAFormer's published 9.7 GB at batch 2)"]
+    text = report.markdown(_gpu_report())
+    assert "| run | s/step | first step s | peak RSS GiB | peak GPU GiB | wall s |" in text
+    assert "| cs2acdc_fog/align | 1.50 | 2.00 | 2.00 | 4.50 | 30.0 |" in text
+    cpu = _gpu_report()
+    cpu["options"]["device"] = "cpu"
+    assert "peak GPU" not in report.markdown(cpu)
