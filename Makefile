@@ -51,8 +51,8 @@ demo: $(STAMP)
 # Every toy shift family × seeds 76 and 1: one shared source model per seed, then AdaBN → Align → Teach →
 # Propagate per family, the baselines, the target oracle of seed 76 and ATP's ablations on `toy`, seed 76
 # (docs/results.md); two jobs at once, one thread each; resumable (re-running skips finished runs). Long:
-# start it as `nohup make ladder > ladder.out &`. The ablations on every development family (the CLI's
-# default) add about three hours here: LADDER_ARGS="--jobs 2".
+# start it as `nohup make ladder > ladder.out &` (its time: docs/results.md). LADDER_ARGS="--jobs 2" runs the
+# ablations on every development family, the CLI's default.
 LADDER_ARGS ?= --jobs 2 --ablation-families toy
 ladder: $(STAMP)
 	$(PY) -m atp.ladder $(LADDER_ARGS)
@@ -67,7 +67,7 @@ bench: $(STAMP)
 
 # The paper recipe rehearsed at full size on this CPU (docs/benchmarks.md#full-size-rehearsal): MiT-B5, batch 2, two
 # steps per stage of both chains through the user's own commands on toy scenes at the real image sizes; writes
-# outputs/rehearse/rehearsal.{json,md}. Peak RSS 14 GB; 39 minutes on the idle 2-core machine (2026-12-07).
+# outputs/rehearse/rehearsal.{json,md}. It needs about 14 GB of RAM and 40 minutes or more on 2 cores (figures there).
 rehearse: $(STAMP)
 	$(PY) -m atp.rehearse --model mitb5
 
