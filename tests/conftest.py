@@ -11,14 +11,17 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from atp.ladder.jobs import THREAD_VARIABLES, threads_per_job
+
 
 def pytest_configure(config):
     """Under pytest-xdist (``make test`` runs two workers), each worker and the commands it starts get their
-    share of the cores: OpenMP threads that outnumber the cores spin against each other and are far slower."""
+    share of the cores, as the ladder's concurrent jobs do: OpenMP threads that outnumber the cores spin against
+    each other and are far slower."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
-        threads = max(1, (os.cpu_count() or 1) // int(workers))
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        for name in THREAD_VARIABLES:
+            os.environ.setdefault(name, str(threads_per_job(int(workers))))
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
