@@ -73,10 +73,10 @@ class CrashAtStep(Callback):
             raise RuntimeError("simulated crash")
 
 
-def train_two_steps(tmp_path: Path, stage: str, *overrides: str, callbacks=()):
+def train_two_steps(tmp_path: Path, stage: str, *overrides: str, callbacks=(), source_class_share=None):
     """(source model, trained module): ``stage`` built from its config with the tiny model, trained 2 steps on
     random 32² target batches by a bare Trainer; no warm-up, so every step moves the trainable weights (the
-    schedule's first steps have lr ≈ 0)."""
+    schedule's first steps have lr ≈ 0). ``source_class_share``: the share a source checkpoint would carry."""
     import copy
 
     import pytorch_lightning as pl
@@ -89,7 +89,8 @@ def train_two_steps(tmp_path: Path, stage: str, *overrides: str, callbacks=()):
     cfg = stage_cfg(stage, tmp_path, tmp_path, tmp_path / "run", "stage.module.schedule.warmup_steps=0", *overrides)
     model = instantiate(cfg.model)
     source = copy.deepcopy(model)
-    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed)
+    module = build_stage_module(cfg.stage, model=model, num_classes=cfg.dataset.num_classes, seed=cfg.seed,
+                                source_class_share=source_class_share)
     generator = torch.Generator().manual_seed(0)
     batches = [{"img": 2 + 3 * torch.randn(2, 3, 32, 32, generator=generator), "name": ["a", "b"]}
                for _ in range(2)]

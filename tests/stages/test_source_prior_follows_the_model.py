@@ -14,7 +14,7 @@ from atp.errors import UserError
 from atp.models.weights import read_source_class_share
 from atp.run import run_stage
 from atp.stages import build_stage_module
-from tests.helpers.stages import stage_cfg
+from tests.helpers.stages import stage_cfg, train_two_steps
 
 
 def _labels_share(gta_root) -> np.ndarray:
@@ -95,3 +95,31 @@ def test_a_checkpoint_without_the_share_carries_none(tmp_path):
     path = tmp_path / "plain.ckpt"
     torch.save({"state_dict": module.state_dict()}, path)
     assert read_source_class_share(path) is None
+
+
+def test_align_pulls_its_diversity_toward_the_carried_share_when_asked(tmp_path, monkeypatch):
+    """div_toward=source_prior (the toy recipe's Align): every training step's diversity term gets the share the
+    checkpoint carries as its target; the paper's uniform target gets none; without a share it is refused."""
+    import atp.stages.align as align_stage
+
+    real = align_stage.diversity_loss
+    targets: list = []
+
+    def recording(logits, **kwargs):
+        if "bug_compat" in kwargs:  # the loss term (the drift metric is logged without it)
+            targets.append(kwargs["prior"])
+        return real(logits, **kwargs)
+
+    monkeypatch.setattr(align_stage, "diversity_loss", recording)
+    share = [float(c + 1) for c in range(19)]
+    share = [s / sum(share) for s in share]
+    train_two_steps(tmp_path / "prior", "align", "stage.module.div_toward=source_prior", source_class_share=share)
+    assert len(targets) == 2 and all(torch.allclose(t.double(), torch.tensor(share, dtype=torch.float64))
+                                     for t in targets)
+    targets.clear()
+    train_two_steps(tmp_path / "uniform", "align", "stage.module.div_toward=uniform", source_class_share=share)
+    assert targets == [None, None]
+
+    cfg = stage_cfg("align", tmp_path, tmp_path, tmp_path / "run", "stage.module.div_toward=source_prior")
+    with pytest.raises(UserError, match="stage.module.div_toward=source_prior needs the source labels' class share"):
+        build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=19, seed=0)
