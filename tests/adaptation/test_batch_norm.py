@@ -91,3 +91,29 @@ def test_the_refresh_estimates_what_the_adabn_stage_estimates_from_the_same_weig
     assert any(not torch.equal(after_refresh[k], before[k]) for k in after_refresh)  # the refresh changed them
     for key, value in after_refresh.items():
         assert torch.allclose(value.float(), after_adabn[key].float(), rtol=1e-5, atol=1e-6), key
+
+
+@pytest.mark.parametrize("refresh, expected", [("0", 2), ("null", 4)])
+def test_align_as_the_toy_recipe_runs_it_refreshes_the_decoder_statistics(refresh, expected, data_toy_root, tmp_path):
+    """The toy recipe's Align: frozen decoder weights, BN statistics tracked in training mode (two steps), then
+    re-estimated on one pass of the 8 target-train images in batches of 2 (4) when the refresh is on."""
+    run_dir = tmp_path / "run"
+    cfg = stage_cfg("align", data_toy_root, tmp_path, run_dir, "init_from=null", "trainer.max_steps=2",
+                    "trainer.val_check_interval=2", "stage.module.freeze_decoder=true",
+                    "stage.module.freeze_decoder_bn=false", f"stage.module.bn_refresh_batches={refresh}")
+    assert run_stage(cfg, run_dir)["status"] == "complete"
+    counts = [int(v) for k, v in _student_bn_buffers(run_dir / "checkpoints" / "final.ckpt").items()
+              if k.startswith("student.decode_head.") and k.endswith("num_batches_tracked")]
+    assert counts and all(c == expected for c in counts)
+
+
+def test_align_refuses_to_refresh_statistics_it_was_told_to_hold(tmp_path):
+    from hydra.utils import instantiate
+
+    from atp.errors import UserError
+    from atp.stages import build_stage_module
+
+    cfg = stage_cfg("align", tmp_path, tmp_path, tmp_path / "run", "stage.module.freeze_decoder=true",
+                    "stage.module.bn_refresh_batches=null")
+    with pytest.raises(UserError, match="stage.module.freeze_decoder_bn=false or stage.module.bn_refresh_batches=0"):
+        build_stage_module(cfg.stage, model=instantiate(cfg.model), num_classes=cfg.dataset.num_classes, seed=cfg.seed)

@@ -158,3 +158,16 @@ def test_a_misspelt_key_of_the_shared_eval_group_is_named_too(tmp_path):
     cfg = stage_cfg("align", tmp_path, tmp_path, tmp_path / "run", "+eval.flipp=true")
     with pytest.raises(UserError, match=r"stage.module.eval.flipp is not an option. Did you mean stage.module.eval.flip\?"):
         check_stage_options(cfg.stage)
+
+
+def test_the_toy_recipe_ends_every_adapting_stage_with_statistics_estimated_as_adabn_does():
+    """One output rule for the chain and the baselines alike (issue #23): every stage that can refresh its BN
+    statistics after its last step does so in the toy recipe."""
+    from atp.stages.registry import stage_options
+
+    refreshing = [name for name, cls in STAGES.items() if "bn_refresh_batches" in stage_options(cls)]
+    assert {"align", "teach", "propagate"} <= set(refreshing)
+    for name in refreshing:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = apply_per_stage(compose("train", overrides=["experiment=toy_cpu", f"stage={name}"]), [])
+        assert cfg.stage.module.bn_refresh_batches is None, name

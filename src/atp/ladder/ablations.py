@@ -59,8 +59,9 @@ ABLATIONS: tuple[Ablation, ...] = (
              ("teach", "propagate"), ("teach.class_balance.power=0", "propagate.class_balance.power=0")),
     Ablation("no_prior_correction", "[I] the prior correction in Teach and Propagate (strength = 0)", "align",
              ("teach", "propagate"), ("teach.prior_correction.strength=0", "propagate.prior_correction.strength=0")),
-    Ablation("no_bn_refresh", "[I] Propagate's BN refresh after its last step (bn_refresh_batches = 0)", "teach",
-             ("propagate",), ("propagate.bn_refresh_batches=0",)),
+    Ablation("no_bn_refresh", "[I] the BN refresh after Align's, Teach's and Propagate's last step "
+             "(bn_refresh_batches = 0)", "source", ("align", "teach", "propagate"),
+             ("align.bn_refresh_batches=0", "teach.bn_refresh_batches=0", "propagate.bn_refresh_batches=0")),
 )
 
 

@@ -53,6 +53,10 @@ class AlignStage(MeanTeacherStage):
         # None: decoder BN follows freeze_decoder; false with a frozen decoder = AdaBN-style
         # re-estimation of the decoder's BN statistics on target batches.
         self.freeze_decoder_bn = freeze_decoder if freeze_decoder_bn is None else freeze_decoder_bn
+        if self.freeze_decoder_bn and self.bn_refresh_batches != 0:
+            raise UserError("stage.module.freeze_decoder_bn holds the decoder's BN statistics and "
+                            "stage.module.bn_refresh_batches re-estimates them after the last step: set "
+                            "stage.module.freeze_decoder_bn=false or stage.module.bn_refresh_batches=0")
         if freeze_decoder:
             self.student.decode_head.requires_grad_(False)
 
