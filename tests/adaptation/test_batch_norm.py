@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from atp.adaptation import reestimate_batch_norm
+from atp.errors import UserError
 from atp.run import run_stage
+from atp.stages import build_stage_module
 from tests.helpers.stages import stage_cfg
 
 
@@ -108,11 +111,6 @@ def test_align_as_the_toy_recipe_runs_it_refreshes_the_decoder_statistics(refres
 
 
 def test_align_refuses_to_refresh_statistics_it_was_told_to_hold(tmp_path):
-    from hydra.utils import instantiate
-
-    from atp.errors import UserError
-    from atp.stages import build_stage_module
-
     cfg = stage_cfg("align", tmp_path, tmp_path, tmp_path / "run", "stage.module.freeze_decoder=true",
                     "stage.module.bn_refresh_batches=null")
     with pytest.raises(UserError, match="stage.module.freeze_decoder_bn=false or stage.module.bn_refresh_batches=0"):
